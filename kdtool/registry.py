@@ -1,0 +1,83 @@
+"""A typed, owner-aware registry: the one place names of tasks, models, losses, ... live."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from kdtool.errors import KdtoolError, PluginError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    owner: str
+    description: str = ""
+
+
+def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
+    """The closest candidate to ``name``, if any is close enough to be a likely typo."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+class Registry(Generic[T]):
+    """Named objects of one kind (``kind`` is used in messages: "task", "loss", ...)."""
+
+    def __init__(self, kind: str, error: type[KdtoolError] = PluginError) -> None:
+        self.kind = kind
+        self._error = error
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, obj: T, *, owner: str = "kdtool", description: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {owner!r} registered a {self.kind} with an invalid name {name!r}")
+        existing = self._entries.get(name)
+        if existing is not None:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {existing.owner!r} and by plugin {owner!r}",
+                hint=f"uninstall one of them or block it with KDTOOL_DISABLE_PLUGINS={owner}",
+            )
+        self._entries[name] = Entry(name, obj, owner, description)
+
+    def get(self, name: str) -> T:
+        return self.entry(name).obj
+
+    def entry(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    def _unknown(self, name: str) -> KdtoolError:
+        names = sorted(self._entries)
+        close = suggest(name, names)
+        hint = f"did you mean {close!r}?" if close else None
+        listing = ", ".join(names) if names else "(none registered)"
+        return self._error(f"unknown {self.kind} {name!r}; known: {listing}", hint=hint)
+
+    def owner(self, name: str) -> str:
+        return self.entry(name).owner
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+    def by_owner(self, owner: str) -> list[str]:
+        return sorted(n for n, e in self._entries.items() if e.owner == owner)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,183 @@
+"""The ``Task`` contract: what a domain plugin implements (versioned with the plugin API).
+
+The engine knows stages, never a domain. A task builds data and models, owns the training
+step (``training_step`` returns named losses; ``ctx`` hides AMP, accumulation and DDP),
+evaluates through a :class:`Predictor` (the same code scores a PyTorch model and an exported
+artifact), and describes models for export with an :class:`~kdtool.export.spec.ExportSpec`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+
+from kdtool.export.spec import ExportSpec, as_tuple
+
+if TYPE_CHECKING:
+    from kdtool.engine.context import StepContext
+    from kdtool.recipe import StageConfig
+
+Split = Literal["train", "val"]
+
+
+class TaskOptions(BaseModel):
+    """Base for a task's recipe options (``task.options``). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class PrimaryMetric:
+    name: str
+    higher_is_better: bool
+
+
+class Predictor:
+    """Callables for each graph of a model: a PyTorch model or a loaded artifact.
+
+    ``predictor(*inputs)`` runs the only graph; ``predictor.graphs[name](*inputs)`` picks one.
+    Inputs and outputs are CPU torch tensors; outputs are always a tuple.
+    """
+
+    def __init__(
+        self,
+        graphs: Mapping[str, Callable[..., tuple[torch.Tensor, ...]]],
+        *,
+        kind: str,
+        input_names: Mapping[str, list[str]] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.graphs = dict(graphs)
+        self.kind = kind  # "pytorch", "onnxruntime", ...
+        # Graph name -> its input names, so a task can tell e.g. a 4-input teacher graph apart.
+        self.input_names = dict(input_names or {})
+        # The export spec's DeployMetadata as a dict (labels, pre/post-processing).
+        self.metadata = dict(metadata or {})
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(self.graphs) != 1:
+            raise TypeError(f"model has graphs {sorted(self.graphs)}; call predictor.graphs[name](...)")
+        return next(iter(self.graphs.values()))(*inputs)
+
+    @classmethod
+    def from_spec(cls, spec: ExportSpec, device: torch.device | str = "cpu") -> Predictor:
+        """Run each graph's PyTorch module (eval mode, no grad) on ``device``."""
+        device = torch.device(device)
+
+        def make(module: nn.Module) -> Callable[..., tuple[torch.Tensor, ...]]:
+            @torch.no_grad()
+            def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                out = as_tuple(module(*[x.to(device) for x in inputs]))
+                return tuple(o.detach().float().cpu() if o.is_floating_point() else o.cpu() for o in out)
+
+            return run
+
+        for g in spec.graphs:
+            g.module.eval()
+        return cls(
+            {g.name: make(g.module) for g in spec.graphs},
+            kind="pytorch",
+            input_names={g.name: [t.name for t in g.inputs] for g in spec.graphs},
+            metadata=spec.metadata.to_dict(),
+        )
+
+
+class Task(ABC):
+    """A domain. Subclass, set the class attributes, implement the abstract methods.
+
+    Items of the datasets are dicts with an ``"index"`` entry (the sample's position in its
+    split), so the engine can cache teacher outputs per sample and resume mid-epoch.
+    Random augmentation must draw from :func:`kdtool.data.sample_rng` so a resumed run is
+    bit-identical on CPU.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[TaskOptions]] = TaskOptions  # validates the recipe's task.options
+    DataOptions: ClassVar[type[TaskOptions]] = TaskOptions  # validates the recipe's data section
+    primary_metric: ClassVar[PrimaryMetric]
+    # Stage roles this task can train, with a line of what each does (``kdtool recipes``).
+    description: ClassVar[str] = ""
+
+    def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
+        self.options = options
+        self.data = data
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.run_dir: Path | None = None
+
+    # ---------------------------------------------------------------- set-up
+
+    def prepare(self, run_dir: Path) -> None:
+        """Called once per run before the first stage (e.g. fit a shape model, cache data)."""
+        self.run_dir = run_dir
+
+    @abstractmethod
+    def build_dataset(self, split: Split) -> Dataset[dict[str, Any]]:
+        """The dataset of a split. Items are dicts with an ``"index"`` entry."""
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return default_collate(items)
+
+    def model_options(self, model_name: str, arch: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Complete a model's recipe options with what the data decides (classes, points)."""
+        return options
+
+    # ---------------------------------------------------------------- training
+
+    @abstractmethod
+    def training_step(
+        self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: StepContext
+    ) -> dict[str, torch.Tensor]:
+        """Named, unweighted losses for one batch. The engine weights them with the stage's
+        ``losses[].weight`` (1.0 for terms the recipe does not list), sums and back-propagates,
+        unless the step called ``ctx.backward`` itself (e.g. the sandwich rule)."""
+
+    def teacher_outputs(
+        self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Outputs of the frozen teachers for a batch (first dim = batch). Used through
+        ``ctx.teacher_outputs(batch)``, which caches them when the recipe asks and
+        :meth:`teacher_cache_safe` allows."""
+        raise NotImplementedError(f"task {self.name!r} does not compute teacher outputs")
+
+    def teacher_cache_safe(self, stage: StageConfig) -> bool:
+        """True when teacher outputs for a sample never change within the stage: a frozen
+        teacher, no random augmentation of its input, no noise fed to it."""
+        return False
+
+    # ---------------------------------------------------------------- evaluation
+
+    @abstractmethod
+    def evaluate(self, predictor: Predictor, split: Split = "val", *, limit: int | None = None) -> dict[str, float]:
+        """The task's validation metrics (must include ``primary_metric.name``)."""
+
+    # ---------------------------------------------------------------- export
+
+    @abstractmethod
+    def export_spec(self, model: nn.Module, model_name: str) -> ExportSpec:
+        """Describe a trained model for export: graphs, shapes, metadata, calibration."""
+
+    def predictor(self, model: nn.Module, model_name: str, device: torch.device | str = "cpu") -> Predictor:
+        return Predictor.from_spec(self.export_spec(model, model_name), device)
+
+    # ---------------------------------------------------------------- deployment
+
+    @classmethod
+    def predict_files(
+        cls, predictor: Predictor, metadata: dict[str, Any], inputs: list[Path], out_dir: Path
+    ) -> list[dict[str, Any]]:
+        """Run a predictor on real input files with the manifest's pre/post-processing
+        (``kdtool predict``). Returns one JSON-able result per input."""
+        raise NotImplementedError(f"task {cls.name!r} does not support kdtool predict")
+
+    def write_figures(self, predictor: Predictor, model_name: str, out_dir: Path) -> list[Path]:
+        """Task figures for the run report (PNG files written into ``out_dir``)."""
+        return []
