@@ -1,0 +1,24 @@
+"""kdtool's own registrations (losses, optimizers, schedules), made through the same hooks
+a plugin uses. Registered directly (not through an entry point) under the name ``kdtool``."""
+
+from __future__ import annotations
+
+from kdtool.hookspecs import Register, hookimpl
+from kdtool.losses import BUILTIN_LOSSES
+from kdtool.optim import BUILTIN_OPTIMIZERS, BUILTIN_SCHEDULES
+
+KDTOOL_PLUGIN_API = "1.0"
+
+
+@hookimpl
+def register_losses(register: Register) -> None:
+    for name, (cls, description) in BUILTIN_LOSSES.items():
+        register(name, cls, description=description)
+
+
+@hookimpl
+def register_optimizers(register: Register) -> None:
+    for name, factory in BUILTIN_OPTIMIZERS.items():
+        register(name, factory, description=f"torch.optim {name}")
+    for name, factory in BUILTIN_SCHEDULES.items():
+        register(f"schedule:{name}", factory, description=f"{name} learning-rate schedule")

@@ -1,0 +1,77 @@
+"""``kdtool distill RECIPE``: train the recipe's teachers and distil its student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdtool.cli.common import SetOption, console
+from kdtool.engine.trainer import DistillOptions, run_recipe
+from kdtool.recipe import load_recipe
+
+
+def distill(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/image_classification.yaml.")],
+    set_: SetOption = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop every stage after N steps (quick check).")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")] = None,
+    skip: Annotated[list[str] | None, typer.Option("--skip", help="Skip this stage (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, build models, print the plan; train nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this recipe (or --run).")] = False,
+    run: Annotated[Path | None, typer.Option("--run", help="With --resume: the run directory to continue.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+) -> None:
+    """Train teacher(s) and distil a student as the recipe says; writes runs/<name>/<time>/."""
+    loaded = load_recipe(recipe, set_ or [])
+    opts = DistillOptions(
+        max_steps=max_steps,
+        only=only or [],
+        skip=skip or [],
+        dry_run=dry_run,
+        resume=resume or run is not None,
+        resume_dir=run,
+        progress=not no_progress,
+        echo=console.print,
+    )
+    result = run_recipe(loaded, opts)
+    if isinstance(result, dict):
+        from rich.table import Table
+
+        table = Table(title=f"{loaded.recipe.name}: models")
+        for col in ("model", "arch", "params"):
+            table.add_column(col)
+        for name, info in result["models"].items():
+            table.add_row(name, info["arch"], f"{info['params']:,}")
+        console.print(table)
+        plan = Table(title="stage plan")
+        for col in ("stage", "role", "model", "teachers", "losses", "optimizer", "steps", "batch"):
+            plan.add_column(col)
+        for s in result["stages"]:
+            plan.add_row(
+                s["name"] + (" (skipped)" if s["skipped"] else ""),
+                s["role"],
+                s["model"],
+                ", ".join(s["teachers"]) or "-",
+                ", ".join(f"{k} x{v:g}" for k, v in s["losses"].items()) or "-",
+                s["optimizer"],
+                str(s["steps"]),
+                str(s["batch_size"]),
+            )
+        console.print(plan)
+        console.print("dry run: nothing was trained")
+        return
+    from kdtool.engine.rundir import read_summary
+
+    summary = read_summary(result)
+    metric = summary["primary_metric"]["name"]
+    console.print(f"run: {result}")
+    for name, info in summary["models"].items():
+        value = info["metrics"].get(metric)
+        shown = f"{value:.4g}" if isinstance(value, int | float) else "-"
+        console.print(f"  {name:<20} {info['role']:<9} {info['params']:>10,} params  {metric} {shown}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill)

@@ -1,0 +1,126 @@
+"""The run directory: the only hand-off between ``distill`` and ``export``.
+
+``runs/<recipe>/<timestamp>/`` holds ``recipe.resolved.yaml``, ``metrics.jsonl``,
+``checkpoints/``, ``models/<name>.safetensors`` + ``models/<name>.json`` (enough to rebuild
+the model), ``state.json`` (completed stages, for ``--resume``) and ``summary.json`` (the
+versioned contract tools read; see :data:`SUMMARY_SCHEMA_VERSION`). ``runs/latest`` points at
+the newest run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdtool.errors import RunError
+from kdtool.io import read_json, write_json, write_text
+
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def new_run_dir(runs_dir: Path, recipe_name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = runs_dir / recipe_name / stamp
+    path = base
+    n = 1
+    while path.exists():
+        path = base.with_name(f"{stamp}-{n}")
+        n += 1
+    path.mkdir(parents=True)
+    point_latest(runs_dir, path)
+    return path
+
+
+def point_latest(runs_dir: Path, run_dir: Path) -> None:
+    """``runs/latest`` and ``runs/<recipe>/latest`` -> ``run_dir`` (symlinks replaced atomically)."""
+    for link in (runs_dir / "latest", run_dir.parent / "latest"):
+        tmp = link.with_name(f".{link.name}.tmp")
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(os.path.relpath(run_dir, link.parent), tmp)
+        os.replace(tmp, link)
+
+
+def resolve_run(path: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
+    """A run directory from a path, a recipe's runs folder, or ``runs/latest``."""
+    candidate = Path(path) if path is not None else runs_dir / "latest"
+    if candidate.is_dir() and not (candidate / "summary.json").exists() and (candidate / "latest").exists():
+        candidate = candidate / "latest"
+    if not candidate.exists():
+        raise RunError(
+            f"no run at {candidate}",
+            hint="run `kdtool distill RECIPE` first, or pass a run directory",
+        )
+    resolved = candidate.resolve()
+    if not (resolved / "summary.json").exists():
+        raise RunError(f"{candidate} is not a kdtool run directory (no summary.json)")
+    return resolved
+
+
+def write_resolved_recipe(run_dir: Path, data: dict[str, Any]) -> None:
+    write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    summary = read_json(run_dir / "summary.json", what="run summary")
+    version = summary.get("schema_version")
+    if version != SUMMARY_SCHEMA_VERSION:
+        raise RunError(f"{run_dir / 'summary.json'} has schema_version {version}; this kdtool reads {SUMMARY_SCHEMA_VERSION}")
+    return summary
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    write_json(run_dir / "summary.json", summary)
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "state.json"
+    if not path.exists():
+        return {"completed": []}
+    return read_json(path, what="run state")
+
+
+def write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    write_json(run_dir / "state.json", state)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line (training logs and evaluations)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, stage: str, step: int) -> None:
+        """Drop records of ``stage`` after ``step`` (a resumed run logs them again)."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if rec.get("stage") == stage and rec.get("step", 0) > step:
+                continue
+            keep.append(json.dumps(rec))
+        write_text(self.path, "".join(k + "\n" for k in keep))
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out

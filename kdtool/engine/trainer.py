@@ -1,0 +1,747 @@
+"""The distillation engine: runs a recipe's stages in order, one trainable model per stage.
+
+The engine knows stages, never a domain: the task builds data and models and computes the
+losses of a step; the engine owns devices, mixed precision, accumulation, DDP, clipping,
+schedules, evaluation, checkpoints, resume, logging and the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from kdtool import __version__
+from kdtool.data import EpochSampler
+from kdtool.engine import distributed as kdist
+from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from kdtool.engine.context import StepContext, TeacherCache
+from kdtool.engine.device import check_precision, resolve_device
+from kdtool.engine.rundir import (
+    SUMMARY_SCHEMA_VERSION,
+    MetricsLog,
+    new_run_dir,
+    point_latest,
+    read_state,
+    read_summary,
+    resolve_run,
+    write_resolved_recipe,
+    write_state,
+    write_summary,
+)
+from kdtool.errors import RecipeError, RunError, TrainingError
+from kdtool.io import load_weights, read_json, save_weights, write_json
+from kdtool.plugins import PluginManager, Registries, get_plugin_manager
+from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef, validate_section
+from kdtool.task import Task
+
+
+@dataclass
+class DistillOptions:
+    max_steps: int | None = None
+    only: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    resume: bool = False
+    resume_dir: Path | None = None
+    progress: bool = True
+    echo: Callable[[str], None] = print
+
+
+@dataclass
+class BuiltModel:
+    module: nn.Module
+    config: dict[str, Any]
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_task(loaded: LoadedRecipe, registries: Registries, cache_dir: Path | None = None) -> Task:
+    recipe = loaded.recipe
+    task_cls = registries.tasks.get(recipe.task.name)
+    options = validate_section(loaded, task_cls.Options, ("task", "options"), recipe.task.options)
+    data = validate_section(loaded, task_cls.DataOptions, ("data",), recipe.data)
+    cache = cache_dir or Path(recipe.runs_dir) / ".cache"
+    return task_cls(options, data, seed=recipe.seed, cache_dir=cache)
+
+
+def build_model(task: Task, registries: Registries, name: str, cfg: ModelConfig) -> BuiltModel:
+    """A fresh model of the recipe's ``models[name]``, with the config that rebuilds it."""
+    factory = registries.models.get(cfg.arch)
+    options = task.model_options(name, cfg.arch, dict(cfg.options))
+    try:
+        module = factory(**options)
+    except TypeError as exc:
+        raise RecipeError(f"models.{name}: architecture {cfg.arch!r} rejected its options {options}: {exc}") from None
+    if cfg.checkpoint:
+        module.load_state_dict(load_weights(Path(cfg.checkpoint)))
+    config = {"arch": cfg.arch, "options": options, "task": task.name}
+    return BuiltModel(module, config)
+
+
+def rebuild_model(registries: Registries, config: dict[str, Any], weights: Path | None) -> nn.Module:
+    """A model from a run's ``config.json`` (and its weights)."""
+    try:
+        module = registries.models.get(config["arch"])(**config.get("options", {}))
+    except KeyError as exc:
+        raise RunError(f"model config lacks {exc}") from None
+    if weights is not None:
+        state = load_weights(weights)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as exc:
+            raise RunError(f"weights {weights} do not fit architecture {config['arch']!r}: {exc}") from None
+    return module
+
+
+def load_run_model(registries: Registries, run_dir: Path, model_name: str) -> tuple[nn.Module, dict[str, Any]]:
+    summary = read_summary(run_dir)
+    models = summary.get("models", {})
+    if model_name not in models:
+        raise RunError(f"run {run_dir} has no model {model_name!r}; models: {sorted(models)}")
+    entry = models[model_name]
+    if not entry.get("weights"):
+        raise RunError(f"model {model_name!r} of run {run_dir} has no weights (its stage did not finish)")
+    config = read_json(run_dir / entry["config"], what="model config")
+    return rebuild_model(registries, config, run_dir / entry["weights"]), config
+
+
+def load_teacher(
+    ref: TeacherRef, *, task: Task, registries: Registries, run_dir: Path, loaded: LoadedRecipe
+) -> nn.Module:
+    if ref.stage is not None:
+        cfg_path = run_dir / "models" / f"{ref.stage}.json"
+        weights = run_dir / "models" / f"{ref.stage}.safetensors"
+        if not weights.exists():
+            raise RunError(
+                f"teacher {ref.name!r} is stage {ref.stage!r}, which has not finished in run {run_dir}",
+                hint=f"run that stage first (drop --only/--skip), or point the teacher at another run",
+            )
+        return rebuild_model(registries, read_json(cfg_path, what="model config"), weights)
+    if ref.run is not None:
+        assert ref.model is not None  # checked by the recipe schema
+        return load_run_model(registries, resolve_run(ref.run), ref.model)[0]
+    assert ref.checkpoint is not None and ref.arch is not None
+    built = build_model(task, registries, ref.name, ModelConfig(arch=ref.arch, options=ref.options))
+    built.module.load_state_dict(load_weights(Path(ref.checkpoint)))
+    return built.module
+
+
+def build_losses(stage: StageConfig, registries: Registries) -> nn.ModuleDict:
+    modules = nn.ModuleDict()
+    for term in stage.losses:
+        if term.loss is None:
+            continue
+        cls = registries.losses.get(term.loss)
+        try:
+            modules[term.name] = cls(**term.options)
+        except TypeError as exc:
+            raise RecipeError(f"stage {stage.name!r}: loss {term.loss!r} rejected options {term.options}: {exc}") from None
+    return modules
+
+
+def check_recipe_names(recipe: Recipe, registries: Registries) -> None:
+    """Fail before any training when a recipe names something no plugin registered."""
+    registries.tasks.get(recipe.task.name)
+    for name, cfg in recipe.models.items():
+        if cfg.arch not in registries.models:
+            raise _wrap(f"models.{name}.arch", lambda: registries.models.get(cfg.arch))
+    for stage in recipe.stages:
+        where = f"stages.{stage.name}"
+        for term in stage.losses:
+            if term.loss is not None and term.loss not in registries.losses:
+                raise _wrap(f"{where}.losses.{term.name}.loss", lambda: registries.losses.get(term.loss or ""))
+        if stage.optimizer.name not in registries.optimizers:
+            raise _wrap(f"{where}.optimizer.name", lambda: registries.optimizers.get(stage.optimizer.name))
+        if stage.schedule.name not in registries.schedules:
+            raise _wrap(f"{where}.schedule.name", lambda: registries.schedules.get(stage.schedule.name))
+        for t in stage.teachers:
+            if t.name == stage.model:
+                raise RecipeError(f"{where}: teacher name {t.name!r} equals the trained model's name; rename the teacher")
+            if t.arch is not None and t.arch not in registries.models:
+                raise _wrap(f"{where}.teachers.{t.name}.arch", lambda: registries.models.get(t.arch or ""))
+
+
+def _wrap(where: str, lookup: Callable[[], Any]) -> RecipeError:
+    try:
+        lookup()
+    except Exception as exc:  # the registry's error, with its suggestion
+        return RecipeError(f"{where}: {exc}")
+    return RecipeError(f"{where}: invalid")
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class Engine:
+    def __init__(self, loaded: LoadedRecipe, opts: DistillOptions, manager: PluginManager | None = None) -> None:
+        self.loaded = loaded
+        self.recipe = loaded.recipe
+        self.opts = opts
+        self.manager = manager or get_plugin_manager()
+        self.registries = self.manager.registries()
+        check_recipe_names(self.recipe, self.registries)
+        self.dist = kdist.init_distributed(resolve_device(self.recipe.device).type)
+        self.device = resolve_device(self.recipe.device, self.dist.local_rank)
+        check_precision(self.recipe.precision, self.device)
+        self.task = build_task(loaded, self.registries)
+        self._datasets: dict[str, Dataset[Any]] = {}
+        self.echo = opts.echo if self.dist.is_main else (lambda _msg: None)
+
+    # ------------------------------------------------------------ run dir
+
+    def _open_run_dir(self) -> Path:
+        runs_dir = Path(self.recipe.runs_dir)
+        path: Path | None = None
+        if self.dist.is_main:
+            if self.opts.resume:
+                path = self.opts.resume_dir or runs_dir / self.recipe.name / "latest"
+                if not path.exists():
+                    raise RunError(f"nothing to resume: no run at {path}", hint="start it without --resume")
+                path = path.resolve()
+                state = read_state(path)
+                if state.get("recipe_hash") not in (None, self.recipe.hash()):
+                    raise RunError(
+                        f"run {path} was started from a different recipe (hash {state.get('recipe_hash')}, "
+                        f"now {self.recipe.hash()})",
+                        hint="resume with the same recipe and --set overrides, or start a new run",
+                    )
+                point_latest(runs_dir, path)
+            else:
+                path = new_run_dir(runs_dir, self.recipe.name)
+        return Path(kdist.broadcast_object(self.dist, str(path) if path else ""))
+
+    def _summary_base(self, run_dir: Path) -> dict[str, Any]:
+        if (run_dir / "summary.json").exists():
+            return read_summary(run_dir)
+        metric = self.task.primary_metric
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "kdtool_version": __version__,
+            "task": self.recipe.task.name,
+            "recipe": self.recipe.name,
+            "recipe_hash": self.recipe.hash(),
+            "recipe_file": self.loaded.source,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running",
+            "device": str(self.device),
+            "precision": self.recipe.precision,
+            "world_size": self.dist.world_size,
+            "environment": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            },
+            "plugins": {
+                name: {"version": info.version, "distribution": info.distribution}
+                for name, info in self.manager.infos.items()
+                if info.status == "ok"
+            },
+            "primary_metric": {"name": metric.name, "higher_is_better": metric.higher_is_better},
+            "deploy_model": self.recipe.default_deploy_model(),
+            "models": {},
+        }
+
+    # ------------------------------------------------------------ public
+
+    def dry_run(self) -> dict[str, Any]:
+        """Validate, build every model, report parameter counts and the stage plan."""
+        plan: dict[str, Any] = {"models": {}, "stages": []}
+        for name, cfg in self.recipe.models.items():
+            built = build_model(self.task, self.registries, name, cfg)
+            plan["models"][name] = {"arch": cfg.arch, "params": count_params(built.module)}
+        train_len = len(self._dataset("train"))
+        for stage in self.recipe.stages:
+            per_rank = self._per_rank_batch(stage)
+            steps_per_epoch = max(1, train_len // self.dist.world_size // per_rank // stage.grad_accum)
+            total = self._total_steps(stage, steps_per_epoch)
+            plan["stages"].append(
+                {
+                    "name": stage.name,
+                    "role": stage.role,
+                    "model": stage.model,
+                    "teachers": [t.name for t in stage.teachers],
+                    "losses": {t.name: t.weight for t in stage.losses},
+                    "optimizer": stage.optimizer.name,
+                    "steps": total,
+                    "batch_size": stage.batch_size,
+                    "skipped": not self._selected(stage),
+                }
+            )
+        return plan
+
+    def run(self) -> Path:
+        seed_everything(self.recipe.seed)
+        run_dir = self._open_run_dir()
+        if self.dist.is_main:
+            write_resolved_recipe(run_dir, self.recipe.model_dump(mode="json"))
+            state = read_state(run_dir)
+            state["recipe_hash"] = self.recipe.hash()
+            write_state(run_dir, state)
+            summary = self._summary_base(run_dir)
+            summary["status"] = "running"
+            write_summary(run_dir, summary)
+        kdist.barrier(self.dist)
+        self.task.prepare(run_dir)
+        kdist.barrier(self.dist)
+        completed = set(read_state(run_dir).get("completed", []))
+        for index, stage in enumerate(self.recipe.stages):
+            if not self._selected(stage):
+                self.echo(f"stage {stage.name}: skipped (--only/--skip)")
+                continue
+            if stage.name in completed:
+                self.echo(f"stage {stage.name}: already complete, skipped")
+                continue
+            self._train_stage(run_dir, index, stage)
+            kdist.barrier(self.dist)
+        if self.dist.is_main:
+            summary = read_summary(run_dir)
+            done = set(read_state(run_dir).get("completed", []))
+            summary["status"] = "complete" if all(s.name in done for s in self.recipe.stages) else "partial"
+            summary.update(self.task_summary_extras(run_dir))
+            write_summary(run_dir, summary)
+        kdist.shutdown(self.dist)
+        return run_dir
+
+    def task_summary_extras(self, run_dir: Path) -> dict[str, Any]:
+        extras = getattr(self.task, "summary_extras", None)
+        return extras(run_dir) if callable(extras) else {}
+
+    # ------------------------------------------------------------ helpers
+
+    def _selected(self, stage: StageConfig) -> bool:
+        if self.opts.only and stage.name not in self.opts.only:
+            return False
+        return stage.name not in self.opts.skip
+
+    def _dataset(self, split: str) -> Dataset[Any]:
+        if split not in self._datasets:
+            self._datasets[split] = self.task.build_dataset(split)  # type: ignore[arg-type]
+            if len(self._datasets[split]) == 0:  # type: ignore[arg-type]
+                raise RecipeError(f"the {split} split of task {self.task.name!r} is empty; check the recipe's data section")
+        return self._datasets[split]
+
+    def _per_rank_batch(self, stage: StageConfig) -> int:
+        if stage.batch_size % self.dist.world_size:
+            raise RecipeError(
+                f"stage {stage.name!r}: batch_size {stage.batch_size} (the global batch) is not divisible by "
+                f"the {self.dist.world_size} processes"
+            )
+        return stage.batch_size // self.dist.world_size
+
+    def _total_steps(self, stage: StageConfig, steps_per_epoch: int) -> int:
+        total = stage.steps if stage.steps is not None else (stage.epochs or 1) * steps_per_epoch
+        if self.opts.max_steps is not None:
+            total = min(total, self.opts.max_steps)
+        return total
+
+    # ------------------------------------------------------------ one stage
+
+    def _train_stage(self, run_dir: Path, index: int, stage: StageConfig) -> None:
+        recipe, task, dist_info, device = self.recipe, self.task, self.dist, self.device
+        built = build_model(task, self.registries, stage.model, recipe.models[stage.model])
+        model = built.module.to(device)
+        teachers: dict[str, nn.Module] = {}
+        for ref in stage.teachers:
+            teacher = load_teacher(ref, task=task, registries=self.registries, run_dir=run_dir, loaded=self.loaded)
+            teacher.to(device).eval().requires_grad_(False)
+            teachers[ref.name] = teacher
+        losses = build_losses(stage, self.registries).to(device)
+
+        train_set = self._dataset("train")
+        per_rank = self._per_rank_batch(stage)
+        sampler = EpochSampler(
+            len(train_set),  # type: ignore[arg-type]
+            seed=recipe.seed + 7 * index,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+        )
+        loader = DataLoader(
+            train_set,
+            batch_size=per_rank,
+            sampler=sampler,
+            collate_fn=task.collate,
+            num_workers=recipe.num_workers,
+            drop_last=True,
+        )
+        steps_per_epoch = len(sampler) // per_rank // stage.grad_accum
+        if steps_per_epoch == 0:
+            raise RecipeError(
+                f"stage {stage.name!r}: the training split has {len(train_set)} samples, fewer than one step of "  # type: ignore[arg-type]
+                f"batch_size x grad_accum = {stage.batch_size * stage.grad_accum}"
+            )
+        total_steps = self._total_steps(stage, steps_per_epoch)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss_params = [p for p in losses.parameters() if p.requires_grad]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": params, "param_names": names}]
+        if loss_params:
+            groups.append({"params": loss_params, "param_names": [f"loss.{n}" for n, _ in losses.named_parameters()]})
+        opt_cfg = stage.optimizer
+        optimizer = self.registries.optimizers.get(opt_cfg.name)(
+            groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, **opt_cfg.options
+        )
+        scheduler = self.registries.schedules.get(stage.schedule.name)(
+            optimizer,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            warmup_steps=stage.schedule.warmup_steps,
+            **stage.schedule.options,
+        )
+        scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16-mixed" else None
+
+        cache: TeacherCache | None = None
+        if stage.teacher_cache:
+            if not stage.teachers:
+                raise RecipeError(f"stage {stage.name!r}: teacher_cache is on but the stage has no teachers")
+            if not task.teacher_cache_safe(stage):
+                raise RecipeError(
+                    f"stage {stage.name!r}: teacher_cache is on, but task {task.name!r} says the teacher's outputs "
+                    f"are not fixed per sample in this stage (random augmentation or noise reaches the teacher)",
+                    hint="turn teacher_cache off, or remove the augmentation/noise the teacher sees",
+                )
+            cache = TeacherCache()
+
+        def teacher_fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return task.teacher_outputs(stage, teachers, batch)
+
+        ctx = StepContext(
+            device=device,
+            precision=recipe.precision,
+            losses=losses,
+            scaler=scaler,
+            grad_accum=stage.grad_accum,
+            teacher_fn=teacher_fn if teachers else None,
+            teacher_cache=cache,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+        )
+        ctx.total_steps = total_steps
+
+        stage_ckpt_dir = run_dir / "checkpoints" / stage.name
+        metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+        state = TrainerState(step=0, epoch=0, best_metric=None, best_step=None, train_seconds=0.0)
+        ckpt = latest_checkpoint(stage_ckpt_dir) if self.opts.resume else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, model=model, losses=losses, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+            self.echo(f"stage {stage.name}: resuming from {ckpt.relative_to(run_dir)} (step {state.step}/{total_steps})")
+            if dist_info.is_main:
+                metrics_log.truncate_after(stage.name, state.step)
+
+        if dist_info.enabled:
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            train_model: nn.Module = DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        else:
+            train_model = model
+        models_view: dict[str, nn.Module] = {stage.model: train_model, **teachers}
+
+        if dist_info.is_main:
+            self.manager.notify("on_stage_start", run_dir=run_dir, stage=stage.name, recipe=recipe.model_dump(mode="json"))
+        n_params = count_params(model)
+        self.echo(
+            f"stage {stage.name} ({stage.role}): model {stage.model} ({built.config['arch']}), {n_params:,} parameters, "
+            f"{total_steps} steps of batch {stage.batch_size}"
+            + (f", teachers {', '.join(teachers)}" if teachers else "")
+        )
+        metric = task.primary_metric
+        best_path = run_dir / "models" / f".{stage.name}.best.safetensors"
+        last_eval: dict[str, float] = {}
+        eval_at_step = -1
+
+        def evaluate(step: int) -> dict[str, float]:
+            nonlocal eval_at_step
+            eval_at_step = step
+            if not dist_info.is_main:
+                return {}
+            model.eval()
+            # Evaluation may draw random numbers (e.g. label noise); keep training's stream intact.
+            np_state = np.random.get_state()
+            py_state = random.getstate()
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                result = task.evaluate(task.predictor(model, stage.name, device), "val")
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            model.train()
+            if metric.name not in result:
+                raise TrainingError(f"task {task.name!r} evaluate() did not return its primary metric {metric.name!r}")
+            value = float(result[metric.name])
+            improved = state.best_metric is None or (
+                value > state.best_metric if metric.higher_is_better else value < state.best_metric
+            )
+            if improved and stage.keep == "best":
+                state.best_metric, state.best_step = value, step
+                save_weights(model, best_path)
+            metrics_log.append({"stage": stage.name, "step": step, "epoch": state.epoch, "split": "val", **result})
+            return result
+
+        def checkpoint() -> None:
+            if not dist_info.is_main:
+                return
+            path = save_checkpoint(
+                stage_ckpt_dir,
+                model=model,
+                losses=losses,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                state=state,
+                keep_last=recipe.checkpoint.keep_last,
+            )
+            self.manager.notify("on_checkpoint_saved", run_dir=run_dir, stage=stage.name, step=state.step, path=path)
+
+        model.train()
+        progress = _Progress(
+            enabled=self.opts.progress and recipe.logging.progress and dist_info.is_main,
+            description=stage.name,
+            total=total_steps,
+            completed=state.step,
+        )
+        log_every = recipe.logging.every_steps
+        window_samples = 0
+        window_start = time.perf_counter()
+        running: dict[str, float] = {}
+        running_count = 0
+        stage_start = time.perf_counter() - state.train_seconds
+        data_iter: Iterator[Any] | None = None
+        with progress:
+            while state.step < total_steps:
+                epoch, within = divmod(state.step, steps_per_epoch)
+                if data_iter is None or within == 0:
+                    state.epoch = epoch
+                    sampler.set_epoch(epoch, start=within * per_rank * stage.grad_accum)
+                    if hasattr(train_set, "set_epoch"):
+                        train_set.set_epoch(epoch)
+                    data_iter = iter(loader)
+                ctx.begin_step(seed=recipe.seed + index, step=state.step, epoch=epoch)
+                optimizer.zero_grad(set_to_none=True)
+                step_terms: dict[str, float] = {}
+                for micro in range(stage.grad_accum):
+                    batch = ctx.to_device(next(data_iter))
+                    last_micro = micro == stage.grad_accum - 1
+                    sync = contextlib.nullcontext() if (last_micro or not dist_info.enabled) else train_model.no_sync()  # type: ignore[operator]
+                    with sync:
+                        ctx.backward_calls = 0
+                        with ctx.autocast():
+                            terms = task.training_step(stage, models_view, batch, ctx)
+                        total = _weighted_total(stage, terms, state.step)
+                        if ctx.backward_calls == 0:
+                            ctx.backward(total)
+                    for k, v in terms.items():
+                        step_terms[k] = step_terms.get(k, 0.0) + float(v.detach()) / stage.grad_accum
+                    step_terms["total"] = step_terms.get("total", 0.0) + float(total.detach()) / stage.grad_accum
+                    window_samples += _batch_len(batch) * dist_info.world_size
+                kdist.all_reduce_grads(dist_info, loss_params)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if stage.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params + loss_params, stage.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                state.step += 1
+                for k, v in step_terms.items():
+                    running[k] = running.get(k, 0.0) + v
+                running_count += 1
+                progress.update(state.step, step_terms["total"])
+                if state.step % log_every == 0 or state.step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_samples / elapsed if elapsed > 0 else 0.0
+                    if dist_info.is_main:
+                        record: dict[str, Any] = {"stage": stage.name, "step": state.step, "epoch": epoch, "split": "train"}
+                        record.update({f"loss/{k}": v / running_count for k, v in running.items()})
+                        record["lr"] = optimizer.param_groups[0]["lr"]
+                        record["samples_per_s"] = rate
+                        metrics_log.append(record)
+                    progress.set_rate(rate)
+                    running, running_count, window_samples = {}, 0, 0
+                    window_start = time.perf_counter()
+                end_of_epoch = state.step % steps_per_epoch == 0
+                wants_eval = (
+                    state.step % stage.eval_every_steps == 0 if stage.eval_every_steps else end_of_epoch
+                ) or state.step == total_steps
+                if wants_eval:
+                    last_eval = evaluate(state.step)
+                    if last_eval:
+                        progress.set_metric(metric.name, last_eval[metric.name])
+                state.train_seconds = time.perf_counter() - stage_start
+                every = recipe.checkpoint.every_steps
+                if (every and state.step % every == 0) or end_of_epoch or state.step == total_steps:
+                    checkpoint()
+
+        if eval_at_step != state.step:
+            last_eval = evaluate(state.step)
+        if dist_info.is_main:
+            self._finish_stage(run_dir, stage, model, built, last_eval, state, teachers, best_path, cache)
+        kdist.barrier(self.dist)
+
+    def _finish_stage(
+        self,
+        run_dir: Path,
+        stage: StageConfig,
+        model: nn.Module,
+        built: BuiltModel,
+        last_eval: dict[str, float],
+        state: TrainerState,
+        teachers: dict[str, nn.Module],
+        best_path: Path,
+        cache: TeacherCache | None,
+    ) -> None:
+        weights = run_dir / "models" / f"{stage.name}.safetensors"
+        config_path = run_dir / "models" / f"{stage.name}.json"
+        final_metrics = last_eval
+        kept = "last"
+        if stage.keep == "best" and best_path.exists():
+            best_state = load_weights(best_path)
+            model.load_state_dict(best_state)
+            save_weights(best_state, weights)
+            best_path.unlink()
+            kept = f"best (step {state.best_step})"
+            if state.best_step != state.step:
+                final_metrics = self._evaluate_model(model, stage)
+        else:
+            save_weights(model, weights)
+        config = {**built.config, "stage": stage.name, "role": stage.role, "recipe_hash": self.recipe.hash()}
+        write_json(config_path, config)
+        summary = read_summary(run_dir)
+        summary["models"][stage.name] = {
+            "role": stage.role,
+            "baseline_for": stage.baseline_for,
+            "model": stage.model,
+            "arch": built.config["arch"],
+            "params": count_params(model),
+            "metrics": final_metrics,
+            "weights": str(weights.relative_to(run_dir)),
+            "config": str(config_path.relative_to(run_dir)),
+            "train_seconds": round(state.train_seconds, 3),
+            "steps": state.step,
+            "kept": kept,
+            "teachers": list(teachers),
+        }
+        if cache is not None:
+            summary["models"][stage.name]["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        write_summary(run_dir, summary)
+        run_state = read_state(run_dir)
+        run_state.setdefault("completed", []).append(stage.name)
+        write_state(run_dir, run_state)
+        metric = self.task.primary_metric
+        self.echo(
+            f"stage {stage.name}: done in {state.train_seconds:.1f}s, {metric.name} = "
+            f"{final_metrics.get(metric.name, float('nan')):.4g} (kept {kept})"
+        )
+        self.manager.notify("on_stage_end", run_dir=run_dir, stage=stage.name, metrics=final_metrics)
+
+    def _evaluate_model(self, model: nn.Module, stage: StageConfig) -> dict[str, float]:
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            return self.task.evaluate(self.task.predictor(model, stage.name, self.device), "val")
+
+
+def _weighted_total(stage: StageConfig, terms: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    if not terms:
+        raise TrainingError(f"stage {stage.name!r}: the task's training_step returned no loss terms")
+    total: torch.Tensor | None = None
+    for name, value in terms.items():
+        if not torch.isfinite(value.detach()).all():
+            raise TrainingError(
+                f"stage {stage.name!r}, step {step}: loss term {name!r} is {float(value.detach().float().mean())}",
+                hint="lower the learning rate or enable grad_clip; the last good checkpoint is kept (resume with --resume)",
+            )
+        weighted = value.float() * stage.loss_weight(name)
+        total = weighted if total is None else total + weighted
+    assert total is not None
+    return total
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict) and "index" in batch:
+        return len(batch["index"])
+    if isinstance(batch, dict):
+        first = next(iter(batch.values()))
+        return len(first)
+    return len(batch)
+
+
+class _Progress:
+    """A rich progress bar per stage: step, loss, samples/s, metric, ETA."""
+
+    def __init__(self, *, enabled: bool, description: str, total: int, completed: int) -> None:
+        self.enabled = enabled
+        self.description = description
+        self.total = total
+        self.completed = completed
+        self._progress: Any = None
+        self._task: Any = None
+        self._fields = {"loss": float("nan"), "rate": 0.0, "metric": ""}
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("{task.fields[rate]:.0f} samples/s"),
+                TextColumn("{task.fields[metric]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=self.total, completed=self.completed, **self._fields)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def update(self, step: int, loss: float) -> None:
+        if self._progress is not None and math.isfinite(loss):
+            self._progress.update(self._task, completed=step, loss=loss)
+
+    def set_rate(self, rate: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, rate=rate)
+
+    def set_metric(self, name: str, value: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, metric=f"{name} {value:.4g}")
+
+
+def run_recipe(loaded: LoadedRecipe, opts: DistillOptions | None = None) -> Path | dict[str, Any]:
+    """Run (or dry-run) a recipe; returns the run directory (or the dry-run plan)."""
+    engine = Engine(loaded, opts or DistillOptions())
+    if engine.opts.dry_run:
+        return engine.dry_run()
+    return engine.run()

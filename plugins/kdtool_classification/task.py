@@ -1,0 +1,233 @@
+"""Task ``image_classification``: soft-target KD from a teacher into a smaller classifier.
+
+Stages: ``teacher`` (cross-entropy), ``student`` (cross-entropy plus any registered KD loss
+on logits: ``kl_t``, ``alpha_div``, ``mse_logits``), ``baseline_student`` (cross-entropy
+only). The embedded default data is scikit-learn's bundled handwritten digits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from kdtool.errors import DataError, RecipeError
+from kdtool.export.spec import DeployMetadata, DynamicAxis, ExportSpec, GraphSpec, TensorSpec
+from kdtool.recipe import StageConfig
+from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+
+from .data import ArrayDataset, FileDataset, digits_arrays, image_folder, load_image, read_manifest, split_indices
+
+
+class ClassificationData(TaskOptions):
+    source: Literal["digits", "imagefolder", "manifest"] = "digits"
+    root: str | None = Field(default=None, description="ImageFolder root (source: imagefolder)")
+    train_manifest: str | None = None
+    val_manifest: str | None = None
+    val_root: str | None = None
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
+    image_size: int = Field(default=16, ge=4)
+    channels: Literal[1, 3] = 1
+    augment: bool = True
+    labels: list[str] | None = None
+    mean: float = 0.5
+    std: float = 0.5
+
+    @model_validator(mode="after")
+    def _sources(self) -> ClassificationData:
+        if self.source == "imagefolder" and not self.root:
+            raise ValueError("source 'imagefolder' needs 'root' (root/<class>/<image>)")
+        if self.source == "manifest" and not self.train_manifest:
+            raise ValueError("source 'manifest' needs 'train_manifest' (CSV path,label or JSONL)")
+        return self
+
+
+class Normalized(nn.Module):
+    """The deployable classifier: normalises [0, 1] pixels, then runs the network."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.net = net
+        self.mean = mean
+        self.std = std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net((image - self.mean) / self.std)
+
+
+class ClassificationTask(Task):
+    name = "image_classification"
+    description = "image classification: soft-target KD from a teacher into a smaller classifier"
+    DataOptions = ClassificationData
+    primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
+
+    data: ClassificationData
+
+    def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
+        super().__init__(options, data, seed=seed, cache_dir=cache_dir)
+        self._splits: dict[str, Dataset[dict[str, Any]]] | None = None
+        self.labels: list[str] = []
+
+    # ------------------------------------------------------------ data
+
+    def _load(self) -> dict[str, Dataset[dict[str, Any]]]:
+        if self._splits is not None:
+            return self._splits
+        d = self.data
+        if d.source == "digits":
+            images, labels, self.labels = digits_arrays(d.image_size)
+            if d.channels == 3:
+                images = images.repeat(1, 3, 1, 1)
+            train_idx, val_idx = split_indices(len(labels), d.val_fraction, seed=1234)
+            train: Dataset[dict[str, Any]] = ArrayDataset(images[train_idx], labels[train_idx], augment=d.augment, seed=self.seed)
+            val: Dataset[dict[str, Any]] = ArrayDataset(images[val_idx], labels[val_idx], augment=False, seed=self.seed)
+        else:
+            if d.source == "imagefolder":
+                assert d.root is not None
+                items, self.labels = image_folder(Path(d.root), d.labels)
+                val_items = image_folder(Path(d.val_root), self.labels)[0] if d.val_root else None
+            else:
+                assert d.train_manifest is not None
+                items, self.labels = read_manifest(Path(d.train_manifest), d.labels)
+                val_items = read_manifest(Path(d.val_manifest), self.labels)[0] if d.val_manifest else None
+            if val_items is None:
+                train_idx, val_idx = split_indices(len(items), d.val_fraction, seed=1234)
+                val_items = [items[i] for i in val_idx]
+                items = [items[i] for i in train_idx]
+            train = FileDataset(items, channels=d.channels, size=d.image_size, augment=d.augment, seed=self.seed)
+            val = FileDataset(val_items, channels=d.channels, size=d.image_size, augment=False, seed=self.seed)
+        self._splits = {"train": train, "val": val}
+        return self._splits
+
+    def build_dataset(self, split: Split) -> Dataset[dict[str, Any]]:
+        return self._load()[split]
+
+    def model_options(self, model_name: str, arch: str, options: dict[str, Any]) -> dict[str, Any]:
+        self._load()
+        return {
+            **options,
+            "num_classes": len(self.labels),
+            "in_channels": self.data.channels,
+            "image_size": self.data.image_size,
+        }
+
+    # ------------------------------------------------------------ training
+
+    def training_step(
+        self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
+    ) -> dict[str, torch.Tensor]:
+        image = (batch["image"] - self.data.mean) / self.data.std
+        logits = models[stage.model](image)
+        terms = {"ce": F.cross_entropy(logits.float(), batch["label"])}
+        if stage.role == "student":
+            if not stage.teachers:
+                raise RecipeError(f"stage {stage.name!r} is a student but has no teachers")
+            teacher_logits = ctx.teacher_outputs(batch)["logits"]
+            for term in stage.losses:
+                if term.loss is not None and term.name != "ce":
+                    terms[term.name] = ctx.loss(term.name)(logits, teacher_logits)
+        return terms
+
+    def teacher_outputs(
+        self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        image = (batch["image"] - self.data.mean) / self.data.std
+        logits = torch.stack([t(image).float() for t in teachers.values()]).mean(0)
+        return {"logits": logits}
+
+    def teacher_cache_safe(self, stage: StageConfig) -> bool:
+        return not self.data.augment
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, predictor: Predictor, split: Split = "val", *, limit: int | None = None) -> dict[str, float]:
+        dataset = self.build_dataset(split)
+        n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+        correct = 0
+        nll = 0.0
+        batch = 128
+        for start in range(0, n, batch):
+            items = [dataset[i] for i in range(start, min(n, start + batch))]
+            images = torch.stack([it["image"] for it in items])
+            labels = torch.tensor([it["label"] for it in items])
+            logits = predictor(images)[0].float()
+            correct += int((logits.argmax(-1) == labels).sum())
+            nll += float(F.cross_entropy(logits, labels, reduction="sum"))
+        return {"accuracy": correct / max(1, n), "nll": nll / max(1, n)}
+
+    # ------------------------------------------------------------ export
+
+    def export_spec(self, model: nn.Module, model_name: str) -> ExportSpec:
+        self._load()
+        d = self.data
+        size = d.image_size
+        module = Normalized(model, d.mean, d.std).eval()
+
+        def calibration_inputs(n: int) -> Iterable[tuple[torch.Tensor, ...]]:
+            train = self.build_dataset("train")
+            for i in range(min(n, len(train))):  # type: ignore[arg-type]
+                yield (train[i]["image"].unsqueeze(0),)
+
+        return ExportSpec(
+            task=self.name,
+            model_name=model_name,
+            graphs=[
+                GraphSpec(
+                    name="model",
+                    module=module,
+                    inputs=[TensorSpec("image", ("batch", d.channels, size, size), description="pixels in [0, 1]")],
+                    outputs=[TensorSpec("logits", ("batch", len(self.labels)), role="output")],
+                    dynamic_axes={"batch": DynamicAxis(1, 1, 64)},
+                    calibration_inputs=calibration_inputs,
+                )
+            ],
+            metadata=DeployMetadata(
+                task=self.name,
+                labels=list(self.labels),
+                preprocessing={
+                    "kind": "image",
+                    "size": [size, size],
+                    "channels": "L" if d.channels == 1 else "RGB",
+                    "scale": 1 / 255,
+                    "normalization": "inside the graph: (x - mean) / std",
+                    "mean": d.mean,
+                    "std": d.std,
+                },
+                postprocessing={"kind": "softmax_argmax"},
+            ),
+        )
+
+    @classmethod
+    def predict_files(
+        cls, predictor: Predictor, metadata: dict[str, Any], inputs: list[Path], out_dir: Path
+    ) -> list[dict[str, Any]]:
+        pre = metadata["preprocessing"]
+        labels = metadata.get("labels") or []
+        channels = 1 if pre.get("channels") == "L" else 3
+        size = int(pre["size"][0])
+        results = []
+        for path in inputs:
+            image = load_image(path, channels, size).unsqueeze(0)
+            probs = torch.softmax(predictor(image)[0].float(), -1)[0]
+            top = torch.topk(probs, k=min(3, probs.numel()))
+            results.append(
+                {
+                    "input": str(path),
+                    "label": labels[int(top.indices[0])] if labels else int(top.indices[0]),
+                    "top": [
+                        {"label": labels[int(i)] if labels else int(i), "p": round(float(p), 4)}
+                        for p, i in zip(top.values, top.indices, strict=True)
+                    ],
+                }
+            )
+        return results
+
+    def check_teacher(self, num_classes: int) -> None:
+        if num_classes != len(self.labels):
+            raise DataError(f"the teacher predicts {num_classes} classes but the data has {len(self.labels)}: {self.labels}")
