@@ -387,6 +387,9 @@ class Engine:
             collate_fn=task.collate,
             num_workers=recipe.num_workers,
             drop_last=True,
+            # A private generator: creating an iterator must not draw from the global RNG,
+            # or a run resumed mid-epoch would see a different dropout stream.
+            generator=torch.Generator().manual_seed(recipe.seed + index),
         )
         steps_per_epoch = len(sampler) // per_rank // stage.grad_accum
         if steps_per_epoch == 0:
