@@ -1,0 +1,398 @@
+"""The export driver: run directory + target -> verified artifact + ``manifest.json``.
+
+Resolution order for exporter options: command line > target profile > the recipe's
+``export`` defaults > the exporter's defaults. The manifest records the resolved options,
+parity and metric results, what was not verified and why, versions, size and latency.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kdtool import __version__
+from kdtool.engine.rundir import read_summary, resolve_run
+from kdtool.engine.trainer import build_task, load_run_model
+from kdtool.errors import ExportError, KdtoolError, RunError
+from kdtool.export.exporter import Artifact, ExportContext, Exporter, ExporterOptions
+from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, file_entries, write_manifest
+from kdtool.export.spec import DynamicAxis, ExportSpec
+from kdtool.export.targets import TargetProfile
+from kdtool.io import sha256_file
+from kdtool.plugins import PluginManager, Registries, get_plugin_manager
+from kdtool.recipe import load_recipe
+from kdtool.registry import suggest
+from kdtool.task import Predictor, Task
+
+
+@dataclass
+class ExportRequest:
+    run: Path | None = None
+    target: str = "onnx"
+    model: str | None = None
+    precision: str | None = None
+    batch: int | None = None
+    options: list[str] = field(default_factory=list)
+    max_metric_drop: float | None = None
+    out: Path | None = None
+    verify: bool = True
+    # Validation samples used for the metric comparison (None: the whole split).
+    eval_limit: int | None = None
+
+
+@dataclass
+class ExportOutcome:
+    directory: Path
+    manifest: dict[str, Any]
+
+
+def resolve_target(name: str, registries: Registries) -> tuple[TargetProfile, Exporter]:
+    """A profile name, or an exporter name meaning that exporter's default profile."""
+    if name in registries.targets:
+        profile: TargetProfile = registries.targets.get(name)
+    elif name in registries.exporters:
+        cls = registries.exporters.get(name)
+        default = cls.capabilities.default_profile
+        if default in registries.targets:
+            profile = registries.targets.get(default)
+        else:
+            profile = TargetProfile(name=name, exporter=name, description=cls.capabilities.description)
+    else:
+        known = sorted({*registries.targets.names(), *registries.exporters.names()})
+        close = suggest(name, known)
+        raise ExportError(
+            f"unknown target {name!r}; targets and exporters: {', '.join(known) or '(none installed)'}",
+            hint=f"did you mean {close!r}?" if close else "`kdtool targets` lists them",
+        )
+    if profile.exporter not in registries.exporters:
+        raise ExportError(f"target {profile.name!r} needs exporter {profile.exporter!r}, which is not installed")
+    exporter_cls = registries.exporters.get(profile.exporter)
+    missing = exporter_cls.capabilities.missing_requirements()
+    if missing:
+        mod, hint = missing[0]
+        raise ExportError(f"exporter {profile.exporter!r} needs {mod!r}, which is not installed", hint=hint)
+    return profile, exporter_cls()
+
+
+def parse_cli_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ExportError(f"--opt {item!r}: expected key=value, e.g. --opt calibration=entropy")
+        key, _, raw = item.partition("=")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ExportError(f"--opt {item!r}: value is not valid YAML ({exc})") from None
+    return out
+
+
+def resolve_options(
+    exporter: Exporter, profile: TargetProfile, recipe_export: dict[str, Any], cli: dict[str, Any]
+) -> ExporterOptions:
+    model = exporter.capabilities.options_model
+    merged: dict[str, Any] = {}
+    recipe_options = dict(recipe_export.get("options") or {})
+    recipe_target = recipe_export.get("target")
+    if recipe_options and recipe_target in (profile.name, profile.exporter):
+        merged.update(recipe_options)
+    merged.update(profile.options)
+    merged.update(cli)
+    try:
+        return model.model_validate(merged)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                close = suggest(str(e["loc"][-1]), list(model.model_fields))
+                problems.append(
+                    f"unknown option {key!r}" + (f" (did you mean {close!r}?)" if close else "")
+                    + f"; options of {exporter.capabilities.name}: {', '.join(model.model_fields)}"
+                )
+            else:
+                problems.append(f"option {key!r}: {e['msg']} (got {e.get('input')!r})")
+        raise ExportError(f"invalid options for target {profile.name!r}: " + "; ".join(problems)) from None
+
+
+def apply_batch(spec: ExportSpec, batch: int) -> ExportSpec:
+    """``--batch N``: the batch axis of every graph is tuned for N (and allows it)."""
+    graphs = []
+    for g in spec.graphs:
+        axes = dict(g.dynamic_axes)
+        if "batch" in axes:
+            a = axes["batch"]
+            axes["batch"] = DynamicAxis(min(a.min, batch), batch, max(a.max, batch))
+        graphs.append(replace(g, dynamic_axes=axes))
+    return replace(spec, graphs=graphs)
+
+
+def metric_drop(pytorch: float, artifact: float, higher_is_better: bool) -> float:
+    """How much worse the artifact is (positive = worse)."""
+    return pytorch - artifact if higher_is_better else artifact - pytorch
+
+
+class RunContext:
+    """A run directory opened for export, eval or bench: its task, summary and models."""
+
+    def __init__(self, run: Path | str | None, manager: PluginManager | None = None) -> None:
+        self.manager = manager or get_plugin_manager()
+        self.registries = self.manager.registries()
+        self.run_dir = resolve_run(run)
+        self.summary = read_summary(self.run_dir)
+        recipe_path = self.run_dir / "recipe.resolved.yaml"
+        if not recipe_path.exists():
+            raise RunError(f"run {self.run_dir} has no recipe.resolved.yaml")
+        self.loaded = load_recipe(recipe_path)
+        self._task: Task | None = None
+
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            self._task = build_task(self.loaded, self.registries)
+            self._task.prepare(self.run_dir)
+        return self._task
+
+    def model_name(self, name: str | None) -> str:
+        chosen = name or self.summary.get("deploy_model")
+        models = self.summary.get("models", {})
+        if not chosen or chosen not in models:
+            close = suggest(chosen or "", list(models))
+            raise RunError(
+                f"run {self.run_dir} has no model {chosen!r} (its stage did not finish or it does not exist); "
+                f"models: {sorted(models) or 'none'}",
+                hint=f"did you mean {close!r}?" if close else "finish the run with `kdtool distill RECIPE --resume`",
+            )
+        return chosen
+
+    def load_model(self, name: str) -> Any:
+        module, _ = load_run_model(self.registries, self.run_dir, name)
+        return module.eval()
+
+    def export_spec(self, name: str) -> ExportSpec:
+        return self.task.export_spec(self.load_model(name), name)
+
+
+def export_model(
+    request: ExportRequest, *, manager: PluginManager | None = None, echo: Callable[[str], None] = print
+) -> ExportOutcome:
+    ctx_run = RunContext(request.run, manager)
+    registries = ctx_run.registries
+    profile, exporter = resolve_target(request.target, registries)
+    caps = exporter.capabilities
+    model_name = ctx_run.model_name(request.model)
+    recipe_export = ctx_run.loaded.recipe.export.model_dump()
+    precision = request.precision or (profile.precision if profile.precision else None) or recipe_export.get("precision") or "fp32"
+    if precision not in caps.precisions:
+        raise ExportError(
+            f"target {profile.name!r} (exporter {caps.name}) does not support precision {precision!r}; "
+            f"supported: {', '.join(caps.precisions)}"
+        )
+    options = _with_precision(resolve_options(exporter, profile, recipe_export, parse_cli_options(request.options)), precision)
+    deploy = ctx_run.summary.get("deploy_model")
+    out_dir = request.out or ctx_run.run_dir / "exports" / (
+        profile.name if model_name == deploy else f"{profile.name}-{model_name}"
+    )
+    spec = ctx_run.export_spec(model_name)
+    if request.batch is not None:
+        if request.batch < 1:
+            raise ExportError(f"--batch must be >= 1, got {request.batch}")
+        spec = apply_batch(spec, request.batch)
+
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tmp_dir.mkdir(parents=True)
+    dependencies: dict[str, Any] = {}
+
+    def require_artifact(target: str, extra: dict[str, Any]) -> Artifact:
+        dep_profile, dep_exporter = resolve_target(target, registries)
+        dep_options = resolve_options(dep_exporter, dep_profile, {}, extra)
+        dep_dir = tmp_dir / f"from-{dep_profile.name}"
+        dep_dir.mkdir(parents=True, exist_ok=True)
+        dep_ctx = ExportContext(target=dep_profile.name, precision="fp32", require_artifact=require_artifact, log=echo)
+        artifact = dep_exporter.export(spec, dep_options, dep_dir, dep_ctx)
+        dependencies[dep_profile.name] = {
+            "exporter": dep_profile.exporter,
+            "options": dep_options.model_dump(mode="json"),
+            "files": [str(p.relative_to(tmp_dir)) for p in artifact.files()],
+        }
+        return artifact
+
+    ctx = ExportContext(target=profile.name, precision=precision, require_artifact=require_artifact, log=echo)
+    start = time.perf_counter()
+    try:
+        artifact = exporter.export(spec, _with_precision(options, precision), tmp_dir, ctx)
+    except KdtoolError:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        echo(f"export {profile.name} failed")
+        raise
+    export_seconds = time.perf_counter() - start
+
+    not_verified = list(artifact.not_verified)
+    here_ok, here_why = profile.verifiable_here()
+    if not here_ok:
+        not_verified.append(f"target hardware: {here_why}")
+    verification: dict[str, Any] = {"parity": [], "passed": None, "checks": {}}
+    metric_block: dict[str, Any] | None = None
+    status = "ok"
+    manifest: dict[str, Any] = _base_manifest(
+        ctx_run, profile, exporter, precision, options, model_name, spec, artifact, tmp_dir, export_seconds
+    )
+    manifest["dependencies"] = dependencies
+    if request.verify:
+        result = exporter.verify(spec, artifact, _with_precision(options, precision))
+        not_verified.extend(result.not_verified)
+        verification = {"parity": [p.to_dict() for p in result.parity], "passed": result.passed if result.parity else None, "checks": result.checks}
+        if result.parity and not result.passed:
+            status = "parity_failed"
+        runnable, why = exporter.can_run_here(_with_precision(options, precision))
+        runner = None
+        if runnable:
+            try:
+                runner = exporter.load(tmp_dir, manifest)
+            except ExportError as exc:
+                not_verified.append(f"task metric of the artifact: it does not load on this machine ({exc.message})")
+        if runnable and runner is not None:
+            metric_block = _compare_metric(ctx_run, spec, runner, request.eval_limit)
+            if request.max_metric_drop is not None:
+                metric_block["max_drop"] = request.max_metric_drop
+                if metric_block["drop"] > request.max_metric_drop:
+                    status = "metric_failed"
+        elif not runnable:
+            not_verified.append(f"task metric of the artifact: {why}")
+    else:
+        not_verified.append("verification skipped (--no-verify)")
+    manifest["status"] = status
+    manifest["verification"] = verification
+    manifest["metric"] = metric_block
+    manifest["not_verified"] = not_verified
+    write_manifest(tmp_dir / "manifest.json", manifest)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_dir.rename(out_dir)
+    manifest["files"] = file_entries(out_dir, [out_dir / f["path"] for f in manifest["files"]])
+    ctx_run.manager.notify("on_export_done", artifact_dir=out_dir, manifest=manifest)
+
+    main_file = out_dir / next(iter(manifest["graphs"].values()))["file"]
+    size = manifest["size_bytes"]
+    line = f"export {profile.name}: {main_file} ({_human(size)}) in {export_seconds:.1f}s"
+    if verification["passed"] is not None:
+        worst = max((p["max_rel_error"] for p in verification["parity"] if p["tolerance"] != float("inf")), default=0.0)
+        line += f"; parity {'ok' if verification['passed'] else 'FAILED'} (max rel err {worst:.2e})"
+    if metric_block:
+        line += (
+            f"; {metric_block['name']} {metric_block['pytorch']:.4g} (pytorch) -> {metric_block['artifact']:.4g} "
+            f"({-metric_block['drop'] + 0.0:+.4g})"
+        )
+    if not_verified:
+        line += f"; not verified: {len(not_verified)} item(s), see manifest"
+    echo(line)
+    if status == "parity_failed":
+        raise ExportError(f"export {profile.name}: the artifact does not match PyTorch (see {out_dir / 'manifest.json'})")
+    if status == "metric_failed":
+        assert metric_block is not None
+        raise ExportError(
+            f"export {profile.name}: {metric_block['name']} dropped by {metric_block['drop']:.4g}, more than "
+            f"--max-metric-drop {request.max_metric_drop} (artifact kept at {out_dir}, marked metric_failed)"
+        )
+    return ExportOutcome(out_dir, manifest)
+
+
+def _with_precision(options: ExporterOptions, precision: str) -> ExporterOptions:
+    return options.model_copy(update={"precision": precision})
+
+
+def _compare_metric(ctx_run: RunContext, spec: ExportSpec, runner: Predictor, limit: int | None) -> dict[str, Any]:
+    task = ctx_run.task
+    metric = task.primary_metric
+    reference = task.evaluate(Predictor.from_spec(spec), "val", limit=limit)
+    artifact = task.evaluate(runner, "val", limit=limit)
+    return {
+        "name": metric.name,
+        "higher_is_better": metric.higher_is_better,
+        "pytorch": float(reference[metric.name]),
+        "artifact": float(artifact[metric.name]),
+        "drop": metric_drop(float(reference[metric.name]), float(artifact[metric.name]), metric.higher_is_better),
+        "pytorch_all": reference,
+        "artifact_all": artifact,
+        "samples": limit,
+    }
+
+
+def _base_manifest(
+    ctx_run: RunContext,
+    profile: TargetProfile,
+    exporter: Exporter,
+    precision: str,
+    options: ExporterOptions,
+    model_name: str,
+    spec: ExportSpec,
+    artifact: Artifact,
+    directory: Path,
+    export_seconds: float,
+) -> dict[str, Any]:
+    entry = ctx_run.summary["models"][model_name]
+    weights = ctx_run.run_dir / entry["weights"]
+    files = file_entries(directory, artifact.files())
+    return {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "kdtool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "format": exporter.capabilities.name,
+        "target": profile.name,
+        "target_description": profile.description,
+        "machine": profile.machine,
+        "precision": precision,
+        "options": options.model_dump(mode="json"),
+        "task": spec.task,
+        "model": model_name,
+        "role": entry.get("role"),
+        "params": entry.get("params"),
+        "source": {
+            "run": str(ctx_run.run_dir),
+            "recipe": ctx_run.summary.get("recipe"),
+            "recipe_hash": ctx_run.summary.get("recipe_hash"),
+            "weights": entry["weights"],
+            "weights_sha256": sha256_file(weights),
+        },
+        "export_spec_version": spec.version,
+        "graphs": {
+            g.name: {
+                "file": str(artifact.graph_files[g.name].relative_to(directory)),
+                "inputs": [
+                    {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "role": t.role, "description": t.description}
+                    for t in g.inputs
+                ],
+                "outputs": [
+                    {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "role": t.role, "description": t.description}
+                    for t in g.outputs
+                ],
+                "dynamic_axes": {k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()},
+            }
+            for g in spec.graphs
+        },
+        "metadata": spec.metadata.to_dict(),
+        "files": files,
+        "size_bytes": sum(f["bytes"] for f in files),
+        "versions": {"kdtool": __version__, **exporter.versions()},
+        "export_seconds": round(export_seconds, 3),
+        "details": artifact.details,
+        "bench": {},
+    }
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{size} B"

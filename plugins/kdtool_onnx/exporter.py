@@ -1,0 +1,467 @@
+"""The ``onnx`` exporter: torch.onnx (dynamo, TorchScript fallback), clean-up, FP16, INT8.
+
+- Export: ``torch.onnx.export(dynamo=True)`` with every dynamic axis declared; where dynamo
+  fails, or its graph does not accept a second size on a dynamic axis (seen with LSTMs),
+  the TorchScript exporter is tried and the manifest says which one was used.
+- Clean-up: ONNX Runtime's basic (hardware-independent) optimisations are applied offline:
+  constant folding and redundant-node elimination; the profile's full optimisation level is
+  applied when the model is loaded.
+- FP16: float initialisers and ops converted, inputs and outputs kept in FP32.
+- INT8 static (QDQ): shape inference and pre-processing first, calibration on the recipe's own
+  data (MinMax, Entropy or Percentile), per-channel weights, S8S8 by default (U8S8 as an
+  option). INT8 dynamic (weights only) for RNN and transformer graphs.
+- Verification: ONNX Runtime against PyTorch on real samples and at two sizes per dynamic
+  axis, max abs and relative error recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from pydantic import Field
+
+from kdtool.errors import ExportError
+from kdtool.export.exporter import (
+    Artifact,
+    ArtifactRunner,
+    Capabilities,
+    ExportContext,
+    Exporter,
+    ExporterOptions,
+    ParityResult,
+    VerifyResult,
+    compare_outputs,
+)
+from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple
+
+# torch.onnx logs a warning per missing optional library (torchvision ops); not the user's concern.
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.25}
+
+
+class OnnxOptions(ExporterOptions):
+    opset: int = Field(default=18, ge=13, le=23)
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"
+    shapes: Literal["dynamic", "static"] = "dynamic"
+    # Offline clean-up with ORT's basic optimisations; the load-time level comes from `graph_optimization`.
+    cleanup: bool = True
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = "all"
+    quantization: Literal["auto", "static", "dynamic"] = "auto"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = Field(default=64, ge=1)
+    per_channel: bool = True
+    activations: Literal["s8", "u8"] = "s8"
+    symmetric_activations: bool = False
+    exclude_nodes: list[str] = Field(default_factory=list)
+    exclude_op_types: list[str] = Field(default_factory=list)
+    execution_provider: Literal["cpu", "cuda", "coreml", "xnnpack"] = "cpu"
+    threads: int = Field(default=0, ge=0, description="intra-op threads at load time (0: ORT's default)")
+
+
+class OnnxExporter(Exporter):
+    capabilities = Capabilities(
+        name="onnx",
+        suffix=".onnx",
+        precisions=("fp32", "fp16", "int8"),
+        options_model=OnnxOptions,
+        default_profile="onnx-cpu",
+        description="ONNX for ONNX Runtime (CPU, CUDA, mobile)",
+        requires=(("onnx", "pip install onnx"), ("onnxruntime", "pip install onnxruntime")),
+    )
+
+    # ------------------------------------------------------------ export
+
+    def export(self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext) -> Artifact:
+        assert isinstance(options, OnnxOptions)
+        graph_files: dict[str, Path] = {}
+        details: dict[str, Any] = {"graphs": {}}
+        not_verified: list[str] = []
+        for graph in spec.graphs:
+            name = "model" if len(spec.graphs) == 1 else graph.name
+            fp32_path = out_dir / f"{name}.fp32.onnx" if options.precision != "fp32" else out_dir / f"{name}.onnx"
+            info = export_graph(graph, fp32_path, options, target=ctx.target)
+            if options.cleanup:
+                cleanup(fp32_path)
+            final = fp32_path
+            if options.precision == "fp16":
+                final = out_dir / f"{name}.onnx"
+                convert_fp16(fp32_path, final)
+                fp32_path.unlink()
+            elif options.precision == "int8":
+                final = out_dir / f"{name}.onnx"
+                mode = options.quantization
+                if mode == "auto":
+                    mode = graph.quantization.preferred
+                info["quantization"] = quantize(graph, fp32_path, final, options, mode)
+                fp32_path.unlink()
+            embed_metadata(final, spec, graph)
+            info["ops"] = op_histogram(final)
+            details["graphs"][graph.name] = info
+            graph_files[graph.name] = final
+        if options.execution_provider != "cpu":
+            not_verified.append(f"execution provider {options.execution_provider}: verified with the CPU provider here")
+        return Artifact(out_dir, graph_files, details=details, not_verified=not_verified)
+
+    # ------------------------------------------------------------ verify
+
+    def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
+        assert isinstance(options, OnnxOptions)
+        result = VerifyResult()
+        tolerance = TOLERANCE.get(options.precision, 1e-3)
+        try:
+            sessions = {g.name: make_session(artifact.graph_files[g.name], options, provider="cpu") for g in spec.graphs}
+        except ExportError as exc:
+            result.not_verified.append(f"numerical parity: {exc.message}")
+            return result
+        generator = torch.Generator().manual_seed(0)
+        for graph in spec.graphs:
+            graph.module.eval()
+            session = sessions[graph.name]
+            out_names = [t.name for t in graph.outputs]
+            # real samples at their natural shapes
+            if graph.calibration_inputs is not None:
+                for inputs in _take(graph.calibration_inputs(4), 4):
+                    with torch.no_grad():
+                        ref = as_tuple(graph.module(*inputs))
+                    got = run_session(session, graph, inputs)
+                    result.parity += compare_outputs(graph.name, {"sample": 1}, out_names, ref, got, tolerance)
+            # random inputs at opt and at a second size of each dynamic axis
+            for sizes in graph.test_sizes() if options.shapes == "dynamic" else [graph.sizes("opt")]:
+                inputs = graph.make_inputs(sizes, generator=generator)
+                with torch.no_grad():
+                    ref = as_tuple(graph.module(*inputs))
+                got = run_session(session, graph, inputs)
+                # INT8 on random inputs is outside the calibrated range: check shapes only.
+                tol = float("inf") if options.precision == "int8" else tolerance
+                entries = compare_outputs(graph.name, sizes, out_names, ref, got, tol)
+                result.parity += entries
+        result.checks["onnx_checker"] = "passed"
+        return result
+
+    # ------------------------------------------------------------ load
+
+    def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
+        options = OnnxOptions.model_validate(manifest.get("options", {}))
+        provider = "cuda" if device.startswith("cuda") else "cpu"
+        graphs = {}
+        input_names = {}
+        for name, info in manifest["graphs"].items():
+            session = make_session(directory / info["file"], options, provider=provider)
+            dtypes = [i["dtype"] for i in info["inputs"]]
+            graphs[name] = _session_callable(session, [i["name"] for i in info["inputs"]], dtypes)
+            input_names[name] = [i["name"] for i in info["inputs"]]
+        return ArtifactRunner(graphs, kind="onnxruntime", input_names=input_names, metadata=manifest.get("metadata", {}))
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {**super().versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _take(items: Any, n: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    for i, item in enumerate(items):
+        if i >= n:
+            return
+        yield item
+
+
+def _dynamic_shapes(graph: GraphSpec, static: bool) -> tuple[dict[int, Any], ...]:
+    shapes = []
+    for t in graph.inputs:
+        axes: dict[int, Any] = {}
+        if not static:
+            for index, axis_name in t.dynamic_axes().items():
+                axis = graph.dynamic_axes[axis_name]
+                axes[index] = torch.export.Dim(axis_name, min=axis.min, max=axis.max)
+        shapes.append(axes)
+    return tuple(shapes)
+
+
+_UNSUPPORTED = re.compile(r"(aten::[\w.]+|aten\.[\w.]+|torch\.ops\.[\w.]+)")
+
+
+def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: str) -> dict[str, Any]:
+    """Export one graph; returns what happened (exporter used, fallbacks and why)."""
+    module = graph.module.eval()
+    static = options.shapes == "static"
+    sizes = graph.sizes("opt")
+    # Export with example sizes of at least 2 on dynamic axes: size-1 axes get specialised.
+    example_sizes = {k: (v if static else max(v, min(2, graph.dynamic_axes[k].max))) for k, v in sizes.items()}
+    args = graph.make_inputs(example_sizes, generator=torch.Generator().manual_seed(0))
+    in_names = [t.name for t in graph.inputs]
+    out_names = [t.name for t in graph.outputs]
+    attempts: list[str] = []
+    info: dict[str, Any] = {}
+    order = ["dynamo", "torchscript"] if options.exporter == "auto" else [options.exporter]
+    last_error: Exception | None = None
+    for which in order:
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                if which == "dynamo":
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        input_names=in_names,
+                        output_names=out_names,
+                        opset_version=options.opset,
+                        dynamo=True,
+                        external_data=False,
+                        dynamic_shapes=None if static or not graph.dynamic_axes else _dynamic_shapes(graph, static),
+                        verbose=False,
+                    )
+                else:
+                    dynamic_axes = None
+                    if not static:
+                        dynamic_axes = {t.name: t.dynamic_axes() for t in [*graph.inputs, *graph.outputs] if t.dynamic_axes()}
+                    torch.onnx.export(
+                        module,
+                        args,
+                        str(path),
+                        input_names=in_names,
+                        output_names=out_names,
+                        opset_version=min(options.opset, 20),
+                        dynamo=False,
+                        dynamic_axes=dynamic_axes,
+                    )
+            onnx.checker.check_model(str(path))
+            if not static:
+                problem = check_dynamic_axes(graph, path)
+                if problem:
+                    attempts.append(f"{which}: {problem}")
+                    last_error = ExportError(problem)
+                    continue
+            info["exporter"] = which
+            if attempts:
+                info["fallback_reasons"] = attempts
+            return info
+        except Exception as exc:  # the exporters raise many types; we report and fall back
+            last_error = exc
+            attempts.append(f"{which}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    text = str(last_error) if last_error else ""
+    ops = sorted(set(_UNSUPPORTED.findall(text)))
+    what = f"op {', '.join(ops)}" if ops else "the model"
+    raise ExportError(
+        f"target {target!r}: cannot export {what} of graph {graph.name!r} to ONNX opset {options.opset}; tried "
+        + "; ".join(attempts),
+        hint="try --opt exporter=torchscript or a different opset (--opt opset=17), or replace the op in the model",
+    )
+
+
+def check_dynamic_axes(graph: GraphSpec, path: Path) -> str | None:
+    """Run the exported file at a second size on each dynamic axis; report a failure."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        return f"ONNX Runtime cannot load the graph: {exc}"
+    for sizes in graph.test_sizes():
+        inputs = graph.make_inputs(sizes, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            ref = as_tuple(graph.module(*inputs))
+        try:
+            got = run_session(session, graph, inputs)
+        except Exception as exc:
+            return f"fails at sizes {sizes}: {str(exc).splitlines()[0][:200]}"
+        for r, g in zip(ref, got, strict=False):
+            if tuple(r.shape) != tuple(g.shape):
+                return f"output shape {tuple(g.shape)} != PyTorch {tuple(r.shape)} at sizes {sizes} (a dynamic axis was fixed)"
+    return None
+
+
+def cleanup(path: Path) -> None:
+    """Hardware-independent clean-up (constant folding, redundant nodes) with ORT basic level."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tmp = path.with_suffix(".clean.onnx")
+    so.optimized_model_filepath = str(tmp)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    tmp.replace(path)
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(converted, str(dst))
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over the task's calibration inputs."""
+
+    def __init__(self, graph: GraphSpec, n: int) -> None:
+        assert graph.calibration_inputs is not None
+        names = [t.name for t in graph.inputs]
+        self._items = [
+            {name: _to_numpy(x, spec.dtype) for name, x, spec in zip(names, inputs, graph.inputs, strict=True)}
+            for inputs in _take(graph.calibration_inputs(n), n)
+        ]
+        self._iter = iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._items)
+
+
+def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode: str) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = src.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+    except Exception:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    exclude = sorted({*graph.quantization.exclude_nodes, *options.exclude_nodes})
+    excluded_types = {*graph.quantization.exclude_op_types, *options.exclude_op_types}
+    model = onnx.load(str(prepared))
+    node_names = [n.name for n in model.graph.node]
+    exclude_resolved = [n for n in node_names if any(e == n or e in n for e in exclude)]
+    op_types = sorted({n.op_type for n in model.graph.node} - excluded_types) if excluded_types else None
+    info: dict[str, Any] = {"mode": mode, "excluded_nodes": exclude_resolved, "excluded_op_types": sorted(excluded_types)}
+    if mode == "dynamic":
+        quantize_dynamic(
+            str(prepared), str(dst), per_channel=options.per_channel, weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude_resolved, op_types_to_quantize=op_types,
+        )
+    else:
+        if graph.calibration_inputs is None:
+            raise ExportError(f"graph {graph.name!r} has no calibration_inputs; static INT8 needs the recipe's data")
+        reader = _Reader(graph, options.calibration_samples)
+        if len(reader) == 0:
+            raise ExportError(
+                f"calibration data for graph {graph.name!r} is empty: the task's calibration_inputs yielded nothing",
+                hint="check the recipe's data section, or use --opt quantization=dynamic",
+            )
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[options.calibration]
+        quantize_static(
+            str(prepared),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=options.per_channel,
+            activation_type=QuantType.QInt8 if options.activations == "s8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            nodes_to_exclude=exclude_resolved,
+            op_types_to_quantize=op_types,
+            extra_options={"ActivationSymmetric": options.symmetric_activations, "WeightSymmetric": True},
+        )
+        info.update(
+            calibration=options.calibration,
+            calibration_samples=len(reader),
+            activations=options.activations,
+            per_channel=options.per_channel,
+            format="QDQ",
+        )
+    prepared.unlink(missing_ok=True)
+    return info
+
+
+def embed_metadata(path: Path, spec: ExportSpec, graph: GraphSpec) -> None:
+    model = onnx.load(str(path))
+    from kdtool import __version__
+
+    props = {
+        "kdtool_version": __version__,
+        "task": spec.task,
+        "model": spec.model_name,
+        "graph": graph.name,
+        "metadata": json.dumps(spec.metadata.to_dict()),
+    }
+    if spec.metadata.labels:
+        props["labels"] = json.dumps(spec.metadata.labels)
+    if spec.metadata.vocabulary:
+        props["vocabulary"] = json.dumps(spec.metadata.vocabulary)
+    existing = {p.key: p for p in model.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+    model.producer_name = "kdtool"
+    onnx.save(model, str(path))
+
+
+def op_histogram(path: Path) -> dict[str, int]:
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def make_session(path: Path, options: OnnxOptions, *, provider: str) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[options.graph_optimization]
+    if options.threads:
+        so.intra_op_num_threads = options.threads
+    so.log_severity_level = 3
+    available = ort.get_available_providers()
+    providers = ["CPUExecutionProvider"]
+    if provider == "cuda" and "CUDAExecutionProvider" in available:
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime cannot load {path} with {providers}: {str(exc).splitlines()[0][:300]}") from None
+
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+
+
+def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
+    return x.detach().cpu().numpy().astype(_NP_DTYPES[dtype], copy=False)
+
+
+def run_session(session: Any, graph: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    feed = {t.name: _to_numpy(x, t.dtype) for t, x in zip(graph.inputs, inputs, strict=True)}
+    return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
+
+
+def _session_callable(session: Any, names: list[str], dtypes: list[str]) -> Any:
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = {n: _to_numpy(x, d) for n, x, d in zip(names, inputs, dtypes, strict=True)}
+        return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
+
+    return run
+
+
+__all__ = ["OnnxExporter", "OnnxOptions", "ParityResult"]
