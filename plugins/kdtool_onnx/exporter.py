@@ -130,7 +130,10 @@ class OnnxExporter(Exporter):
             out_names = [t.name for t in graph.outputs]
             # real samples at their natural shapes
             if graph.calibration_inputs is not None:
-                for inputs in _take(graph.calibration_inputs(4), 4):
+                samples = list(_take(graph.calibration_inputs(4), 4))
+                if options.shapes == "static" and "batch" in graph.dynamic_axes:
+                    samples = [_stack_batch(graph, samples, graph.dynamic_axes["batch"].opt)] if samples else []
+                for inputs in samples:
                     with torch.no_grad():
                         ref = as_tuple(graph.module(*inputs))
                     got = run_session(session, graph, inputs)
@@ -158,7 +161,10 @@ class OnnxExporter(Exporter):
         for name, info in manifest["graphs"].items():
             session = make_session(directory / info["file"], options, provider=provider)
             dtypes = [i["dtype"] for i in info["inputs"]]
-            graphs[name] = _session_callable(session, [i["name"] for i in info["inputs"]], dtypes)
+            static_batch = None
+            if options.shapes == "static" and "batch" in info.get("dynamic_axes", {}):
+                static_batch = int(info["dynamic_axes"]["batch"]["opt"])
+            graphs[name] = _session_callable(session, [i["name"] for i in info["inputs"]], dtypes, static_batch)
             input_names[name] = [i["name"] for i in info["inputs"]]
         return ArtifactRunner(graphs, kind="onnxruntime", input_names=input_names, metadata=manifest.get("metadata", {}))
 
@@ -176,6 +182,16 @@ def _take(items: Any, n: int) -> Iterator[tuple[torch.Tensor, ...]]:
         if i >= n:
             return
         yield item
+
+
+def _stack_batch(graph: GraphSpec, samples: list[tuple[torch.Tensor, ...]], batch: int) -> tuple[torch.Tensor, ...]:
+    """Batch-1 samples concatenated (and repeated) into one input of the static batch size."""
+    picked = [samples[i % len(samples)] for i in range(batch)]
+    out = []
+    for pos, spec in enumerate(graph.inputs):
+        axis = next((i for i, s in enumerate(spec.shape) if s == "batch"), 0)
+        out.append(torch.cat([p[pos] for p in picked], dim=axis))
+    return tuple(out)
 
 
 def _dynamic_shapes(graph: GraphSpec, static: bool) -> tuple[dict[int, Any], ...]:
@@ -456,10 +472,26 @@ def run_session(session: Any, graph: GraphSpec, inputs: tuple[torch.Tensor, ...]
     return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
 
 
-def _session_callable(session: Any, names: list[str], dtypes: list[str]) -> Any:
-    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _session_callable(session: Any, names: list[str], dtypes: list[str], static_batch: int | None = None) -> Any:
+    """A callable over torch tensors. A graph exported with a fixed batch N runs any batch:
+    inputs are cut into chunks of N (the last padded by repeating its final sample)."""
+
+    def run_once(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         feed = {n: _to_numpy(x, d) for n, x, d in zip(names, inputs, dtypes, strict=True)}
         return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
+
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if static_batch is None or inputs[0].shape[0] == static_batch:
+            return run_once(inputs)
+        total = inputs[0].shape[0]
+        chunks: list[tuple[torch.Tensor, ...]] = []
+        for start in range(0, total, static_batch):
+            part = [x[start : start + static_batch] for x in inputs]
+            short = static_batch - part[0].shape[0]
+            if short:
+                part = [torch.cat([p, p[-1:].expand(short, *p.shape[1:])]) for p in part]
+            chunks.append(run_once(tuple(part)))
+        return tuple(torch.cat([c[i] for c in chunks])[:total] for i in range(len(chunks[0])))
 
     return run
 

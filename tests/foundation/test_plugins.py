@@ -148,7 +148,7 @@ def test_every_hook_is_documented_and_tested() -> None:
     from kdtool import hookspecs
 
     tests_dir = Path(__file__).resolve().parents[1]
-    corpus = "\n".join(p.read_text() for p in tests_dir.rglob("test_*.py"))
+    corpus = "\n".join(p.read_text() for p in tests_dir.rglob("*.py"))
     for hook in ALL_HOOKS:
         doc = getattr(hookspecs, hook).__doc__
         assert doc and len(doc.strip()) > 40, f"hook {hook} lacks a docstring"
