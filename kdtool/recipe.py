@@ -135,6 +135,8 @@ class StageConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
+    """Checkpoint every N steps and at each epoch end (0: only when the stage ends)."""
+
     every_steps: int = Field(default=200, ge=0)
     keep_last: int = Field(default=2, ge=1)
 

@@ -178,6 +178,12 @@ class Task(ABC):
         (``kdtool predict``). Returns one JSON-able result per input."""
         raise NotImplementedError(f"task {cls.name!r} does not support kdtool predict")
 
+    def summary_extras(self, run_dir: Path) -> dict[str, Any]:
+        """Fields the task adds to ``summary.json`` at the end of a run. A ``"models"`` entry
+        is merged into the summary's models (e.g. a supernet's subnets, role ``subnet``, each
+        with ``weights`` and ``config`` files the task wrote under ``run_dir/models``)."""
+        return {}
+
     def write_figures(self, predictor: Predictor, model_name: str, out_dir: Path) -> list[Path]:
         """Task figures for the run report (PNG files written into ``out_dir``)."""
         return []

@@ -322,14 +322,12 @@ class Engine:
             summary = read_summary(run_dir)
             done = set(read_state(run_dir).get("completed", []))
             summary["status"] = "complete" if all(s.name in done for s in self.recipe.stages) else "partial"
-            summary.update(self.task_summary_extras(run_dir))
+            extras = dict(self.task.summary_extras(run_dir))
+            summary["models"].update(extras.pop("models", {}))
+            summary.update(extras)
             write_summary(run_dir, summary)
         kdist.shutdown(self.dist)
         return run_dir
-
-    def task_summary_extras(self, run_dir: Path) -> dict[str, Any]:
-        extras = getattr(self.task, "summary_extras", None)
-        return extras(run_dir) if callable(extras) else {}
 
     # ------------------------------------------------------------ helpers
 
@@ -599,7 +597,8 @@ class Engine:
                         progress.set_metric(metric.name, last_eval[metric.name])
                 state.train_seconds = time.perf_counter() - stage_start
                 every = recipe.checkpoint.every_steps
-                if (every and state.step % every == 0) or end_of_epoch or state.step == total_steps:
+                # every_steps: 0 checkpoints only at the end of the stage
+                if (every and (state.step % every == 0 or end_of_epoch)) or state.step == total_steps:
                     checkpoint()
 
         if eval_at_step != state.step:
