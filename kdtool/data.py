@@ -21,7 +21,14 @@ class EpochSampler(Sampler[int]):
     consumed by this rank), which is how a resumed run continues where it stopped."""
 
     def __init__(
-        self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1, drop_last: bool = True
+        self,
+        n: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
     ) -> None:
         self.n = n
         self.seed = seed

@@ -54,7 +54,9 @@ def read_json(path: Path, *, what: str = "file") -> Any:
         raise RunError(f"{what} {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
 
 
-def save_weights(module_or_state: nn.Module | dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    module_or_state: nn.Module | dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
     state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
     # safetensors refuses shared storage; clone makes every tensor own its memory.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}

@@ -156,7 +156,9 @@ class ChannelWiseDistillation(nn.Module):
 
     def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
         if student_maps.shape != teacher_maps.shape:
-            raise ValueError(f"CWD needs equal shapes, got {tuple(student_maps.shape)} and {tuple(teacher_maps.shape)}")
+            raise ValueError(
+                f"CWD needs equal shapes, got {tuple(student_maps.shape)} and {tuple(teacher_maps.shape)}"
+            )
         n, c = student_maps.shape[:2]
         t = self.temperature
         s = student_maps.float().reshape(n, c, -1) / t
@@ -177,7 +179,11 @@ class CTCPosteriorKD(nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 2.0, blank: int = 0, blank_threshold: float = 0.9, blank_weight: float = 0.1
+        self,
+        temperature: float = 2.0,
+        blank: int = 0,
+        blank_threshold: float = 0.9,
+        blank_weight: float = 0.1,
     ) -> None:
         super().__init__()
         self.temperature = temperature

@@ -10,11 +10,15 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
-def adamw(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **options: Any) -> torch.optim.Optimizer:
+def adamw(
+    params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **options: Any
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
 
 
-def adam(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **options: Any) -> torch.optim.Optimizer:
+def adam(
+    params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **options: Any
+) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **options)
 
 
@@ -33,12 +37,19 @@ def _with_warmup(shape: Callable[[int], float], warmup_steps: int) -> Callable[[
     return factor
 
 
-def constant(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, **_: Any) -> LRScheduler:
+def constant(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, **_: Any
+) -> LRScheduler:
     return LambdaLR(optimizer, _with_warmup(lambda step: 1.0, warmup_steps))
 
 
 def cosine(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0, **_: Any
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    min_factor: float = 0.0,
+    **_: Any,
 ) -> LRScheduler:
     span = max(1, total_steps - warmup_steps)
 
@@ -55,11 +66,14 @@ def poly(
     """``(1 - step / total) ** power``, the semantic-segmentation standard."""
     span = max(1, total_steps - warmup_steps)
     return LambdaLR(
-        optimizer, _with_warmup(lambda step: max(0.0, 1.0 - (step - warmup_steps) / span) ** power, warmup_steps)
+        optimizer,
+        _with_warmup(lambda step: max(0.0, 1.0 - (step - warmup_steps) / span) ** power, warmup_steps),
     )
 
 
-def linear(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, **_: Any) -> LRScheduler:
+def linear(
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, **_: Any
+) -> LRScheduler:
     return poly(optimizer, total_steps=total_steps, warmup_steps=warmup_steps, power=1.0)
 
 

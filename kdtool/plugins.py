@@ -192,7 +192,9 @@ class PluginManager:
                 if missing.split(".")[0] == ep.value.split(".")[0].split(":")[0]:
                     self._broken(info, exc)
                 else:
-                    self._unavailable(info, f"needs {missing!r}, which is not installed", f"pip install {missing}")
+                    self._unavailable(
+                        info, f"needs {missing!r}, which is not installed", f"pip install {missing}"
+                    )
                 continue
             except Exception as exc:
                 self._broken(info, exc)
@@ -232,20 +234,26 @@ class PluginManager:
         if self._registries is None:
             self._registries = self._build()
         if strict and self.conflicts:
-            raise PluginError("; ".join(self.conflicts), hint=f"uninstall one plugin or block it with {DISABLE_ENV}")
+            raise PluginError(
+                "; ".join(self.conflicts), hint=f"uninstall one plugin or block it with {DISABLE_ENV}"
+            )
         return self._registries
 
     def _build(self) -> Registries:
         regs = Registries.empty()
         for hook_name, attr in _HOOK_TO_REGISTRY.items():
             hook = getattr(self.pm.hook, hook_name)
-            for impl in sorted(hook.get_hookimpls(), key=lambda i: (i.plugin_name != "kdtool", i.plugin_name)):
+            for impl in sorted(
+                hook.get_hookimpls(), key=lambda i: (i.plugin_name != "kdtool", i.plugin_name)
+            ):
                 info = self.infos[impl.plugin_name]
                 if info.status != "ok":
                     continue
                 staged: list[tuple[str, Any, str]] = []
 
-                def register(name: str, obj: Any, *, description: str = "", _staged: list[Any] = staged) -> None:
+                def register(
+                    name: str, obj: Any, *, description: str = "", _staged: list[Any] = staged
+                ) -> None:
                     _staged.append((name, obj, description))
 
                 try:
@@ -257,7 +265,11 @@ class PluginManager:
                     self._broken(info, exc)
                     continue
                 for name, obj, description in staged:
-                    target = regs.schedules if attr == "optimizers" and name.startswith("schedule:") else getattr(regs, attr)
+                    target = (
+                        regs.schedules
+                        if attr == "optimizers" and name.startswith("schedule:")
+                        else getattr(regs, attr)
+                    )
                     key = name.removeprefix("schedule:") if target is regs.schedules else name
                     try:
                         target.register(key, obj, owner=impl.plugin_name, description=description)

@@ -43,8 +43,17 @@ class ModelConfig(_Strict):
 
 
 class TeacherRef(_Strict):
-    """A frozen model a stage learns from: an earlier stage of this run (``stage``), a model
-    of another run (``run`` + ``model``), or weights on disk (``checkpoint`` + ``arch``)."""
+    """A frozen model a stage learns from, from exactly one source:
+
+    - ``stage``: an earlier stage of this run;
+    - ``run`` + ``model``: a model of another run (its summary.json names it);
+    - ``checkpoint`` + ``arch`` (+ ``options``): a safetensors file for a registered architecture;
+    - ``onnx``: an ONNX file run through onnxruntime (any framework that exports ONNX can teach);
+    - ``program``: a ``torch.export`` ExportedProgram (``.pt2``).
+
+    Teachers from ``onnx`` and ``program`` files take the task's deploy inputs (what its
+    exported models take, e.g. pixels in [0, 1]); the others take its training inputs.
+    """
 
     name: str
     stage: str | None = None
@@ -52,15 +61,22 @@ class TeacherRef(_Strict):
     model: str | None = None
     checkpoint: str | None = None
     arch: str | None = None
+    onnx: str | None = None
+    program: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_source(self) -> TeacherRef:
-        sources = [self.stage is not None, self.run is not None, self.checkpoint is not None]
+        sources = [x is not None for x in (self.stage, self.run, self.checkpoint, self.onnx, self.program)]
         if sum(sources) != 1:
-            raise ValueError("a teacher needs exactly one of 'stage', 'run' (with 'model') or 'checkpoint' (with 'arch')")
+            raise ValueError(
+                "a teacher needs exactly one of 'stage', 'run' (with 'model'), 'checkpoint' (with 'arch'), "
+                "'onnx' or 'program'"
+            )
         if self.run is not None and self.model is None:
-            raise ValueError("a teacher from another run needs 'model' (a model name in that run's summary.json)")
+            raise ValueError(
+                "a teacher from another run needs 'model' (a model name in that run's summary.json)"
+            )
         if self.checkpoint is not None and self.arch is None:
             raise ValueError("a teacher from a checkpoint needs 'arch' (a registered architecture)")
         return self
@@ -188,11 +204,15 @@ class Recipe(_Strict):
                 raise ValueError(_unknown("stage", stage.name, "model", stage.model, list(self.models)))
             for t in stage.teachers:
                 if t.stage is not None and t.stage not in seen:
-                    raise ValueError(_unknown("stage", stage.name, "teacher stage (an earlier stage)", t.stage, seen))
+                    raise ValueError(
+                        _unknown("stage", stage.name, "teacher stage (an earlier stage)", t.stage, seen)
+                    )
             seen.append(stage.name)
         for stage in self.stages:
             if stage.baseline_for and stage.baseline_for not in seen:
-                raise ValueError(_unknown("stage", stage.name, "baseline_for stage", stage.baseline_for, seen))
+                raise ValueError(
+                    _unknown("stage", stage.name, "baseline_for stage", stage.baseline_for, seen)
+                )
         if self.deploy_model is not None and self.deploy_model not in seen:
             raise ValueError(_unknown("recipe", self.name, "deploy_model stage", self.deploy_model, seen))
         return self
@@ -201,7 +221,9 @@ class Recipe(_Strict):
         for s in self.stages:
             if s.name == name:
                 return s
-        raise RecipeError(f"recipe {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}")
+        raise RecipeError(
+            f"recipe {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}"
+        )
 
     def default_deploy_model(self) -> str:
         if self.deploy_model:
@@ -368,7 +390,8 @@ def _list_index(items: list[Any], part: str, text: str) -> int:
     names = [item.get("name") for item in items if isinstance(item, dict)]
     close = suggest(part, [n for n in names if n])
     raise RecipeError(
-        f"--set {text}: no list item {part!r}; items: {names}" + (f" (did you mean {close!r}?)" if close else "")
+        f"--set {text}: no list item {part!r}; items: {names}"
+        + (f" (did you mean {close!r}?)" if close else "")
     )
 
 
@@ -376,7 +399,9 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise RecipeError(f"recipe file not found: {path}", hint="`kdtool recipes list` shows the shipped recipes") from None
+        raise RecipeError(
+            f"recipe file not found: {path}", hint="`kdtool recipes list` shows the shipped recipes"
+        ) from None
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc}") from None
     try:
@@ -403,7 +428,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     path = Path(path)
     data, node = read_yaml(path)
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping (name, task, models, stages, ...), got {type(data).__name__}")
+        raise RecipeError(
+            f"{path}: a recipe is a YAML mapping (name, task, models, stages, ...), got {type(data).__name__}"
+        )
     data = copy.deepcopy(data)
     for text in overrides or []:
         keys, value = parse_override(text)
@@ -411,7 +438,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        raise format_validation_error(err, source=str(path), data=data, root_node=node, model=Recipe) from None
+        raise format_validation_error(
+            err, source=str(path), data=data, root_node=node, model=Recipe
+        ) from None
     return LoadedRecipe(recipe, source=str(path), data=data, node=node)
 
 

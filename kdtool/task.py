@@ -148,6 +148,11 @@ class Task(ABC):
         :meth:`teacher_cache_safe` allows."""
         raise NotImplementedError(f"task {self.name!r} does not compute teacher outputs")
 
+    def check_teacher(self, stage: StageConfig, name: str, teacher: nn.Module) -> None:
+        """Fail early, naming both, when a teacher and the data disagree (input shape,
+        number of classes, label order). Called once per teacher when a stage starts."""
+        return None
+
     def teacher_cache_safe(self, stage: StageConfig) -> bool:
         """True when teacher outputs for a sample never change within the stage: a frozen
         teacher, no random augmentation of its input, no noise fed to it."""
@@ -156,7 +161,9 @@ class Task(ABC):
     # ---------------------------------------------------------------- evaluation
 
     @abstractmethod
-    def evaluate(self, predictor: Predictor, split: Split = "val", *, limit: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self, predictor: Predictor, split: Split = "val", *, limit: int | None = None
+    ) -> dict[str, float]:
         """The task's validation metrics (must include ``primary_metric.name``)."""
 
     # ---------------------------------------------------------------- export

@@ -11,6 +11,7 @@ import sys
 from typing import Annotated
 
 import typer
+
 from kdtool import __version__
 from kdtool.cli.common import console, err_console
 from kdtool.errors import KdtoolError
@@ -35,7 +36,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug or os.environ.get("KDTOOL_DEBUG") == "1"
 

@@ -25,7 +25,9 @@ from kdtool.export.manifest import read_manifest
 from kdtool.task import Predictor
 
 
-def bench_artifact(path: Path, *, batch: int, seconds: float, metric_limit: int | None, with_metric: bool) -> BenchRow:
+def bench_artifact(
+    path: Path, *, batch: int, seconds: float, metric_limit: int | None, with_metric: bool
+) -> BenchRow:
     from kdtool import runtime
 
     manifest = read_manifest(path)
@@ -58,7 +60,15 @@ def bench_artifact(path: Path, *, batch: int, seconds: float, metric_limit: int 
     return row
 
 
-def bench_run(path: Path | None, model: str | None, *, batch: int, seconds: float, metric_limit: int | None, with_metric: bool) -> tuple[BenchRow, Path]:
+def bench_run(
+    path: Path | None,
+    model: str | None,
+    *,
+    batch: int,
+    seconds: float,
+    metric_limit: int | None,
+    with_metric: bool,
+) -> tuple[BenchRow, Path]:
     run = RunContext(path)
     name = run.model_name(model)
     entry = run.summary["models"][name]
@@ -85,12 +95,21 @@ def bench_run(path: Path | None, model: str | None, *, batch: int, seconds: floa
 
 
 def bench(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Runs and/or artifact folders (default: runs/latest).")] = None,
-    target: Annotated[list[str] | None, typer.Option("--target", help="For a run: also bench its exports for these targets.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="For a run: which model (default: deploy_model).")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Runs and/or artifact folders (default: runs/latest).")
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", help="For a run: also bench its exports for these targets."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="For a run: which model (default: deploy_model).")
+    ] = None,
     batch: Annotated[int, typer.Option("--batch", help="Batch size for the throughput measurement.")] = 32,
     seconds: Annotated[float, typer.Option("--seconds", help="Time budget per latency measurement.")] = 2.0,
-    metric_limit: Annotated[int | None, typer.Option("--metric-limit", help="Validation samples for the metric.")] = None,
+    metric_limit: Annotated[
+        int | None, typer.Option("--metric-limit", help="Validation samples for the metric.")
+    ] = None,
     no_metric: Annotated[bool, typer.Option("--no-metric", help="Skip the metric.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the results as JSON here.")] = None,
@@ -100,19 +119,35 @@ def bench(
     for path in paths or [None]:  # type: ignore[list-item]
         if is_artifact(path):
             assert path is not None
-            rows.append(bench_artifact(path, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric))
+            rows.append(
+                bench_artifact(
+                    path, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric
+                )
+            )
             continue
-        row, run_dir = bench_run(path, model, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric)
+        row, run_dir = bench_run(
+            path, model, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric
+        )
         rows.append(row)
         exports = run_dir / "exports"
-        folders = [exports / t for t in target] if target else sorted(p for p in exports.glob("*") if (p / "manifest.json").exists())
+        folders = (
+            [exports / t for t in target]
+            if target
+            else sorted(p for p in exports.glob("*") if (p / "manifest.json").exists())
+        )
         for folder in folders:
             if not (folder / "manifest.json").exists():
-                err_console.print(f"kdtool: warning: no export at {folder}; run `kdtool export --target {folder.name}` first")
+                err_console.print(
+                    f"kdtool: warning: no export at {folder}; run `kdtool export --target {folder.name}` first"
+                )
                 continue
             if read_manifest(folder)["model"] != row.model and not target:
                 continue
-            rows.append(bench_artifact(folder, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric))
+            rows.append(
+                bench_artifact(
+                    folder, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric
+                )
+            )
     warnings = int8_warnings(rows)
     result = {"rows": [r.to_dict() for r in rows], "warnings": warnings}
     if out is not None:
@@ -123,7 +158,17 @@ def bench(
         console.print_json(json.dumps(result))
         return
     table = Table(title="kdtool bench (this machine)")
-    for col in ("artifact", "model", "precision", "size", "p50 ms", "p90 ms", "samples/s", "peak MB", "metric"):
+    for col in (
+        "artifact",
+        "model",
+        "precision",
+        "size",
+        "p50 ms",
+        "p90 ms",
+        "samples/s",
+        "peak MB",
+        "metric",
+    ):
         table.add_column(col, justify="right" if col not in ("artifact", "model") else "left")
     for r in rows:
         table.add_row(

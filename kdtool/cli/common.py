@@ -12,5 +12,8 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a recipe value: a.b.c=value (list items by name, e.g. stages.student.epochs=3)."),
+    typer.Option(
+        "--set",
+        help="Override a recipe value: a.b.c=value (list items by name, e.g. stages.student.epochs=3).",
+    ),
 ]

@@ -15,12 +15,22 @@ from kdtool.recipe import load_recipe
 def distill(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file, e.g. recipes/image_classification.yaml.")],
     set_: SetOption = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop every stage after N steps (quick check).")] = None,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop every stage after N steps (quick check).")
+    ] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")
+    ] = None,
     skip: Annotated[list[str] | None, typer.Option("--skip", help="Skip this stage (repeatable).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, build models, print the plan; train nothing.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the latest run of this recipe (or --run).")] = False,
-    run: Annotated[Path | None, typer.Option("--run", help="With --resume: the run directory to continue.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, build models, print the plan; train nothing.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the latest run of this recipe (or --run).")
+    ] = False,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="With --resume: the run directory to continue.")
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Train teacher(s) and distil a student as the recipe says; writes runs/<name>/<time>/."""

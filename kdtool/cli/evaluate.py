@@ -17,7 +17,11 @@ from kdtool.task import Predictor
 def is_artifact(path: Path | None) -> bool:
     if path is None:
         return False
-    return (path / "manifest.json").exists() or (path.is_file() and (path.parent / "manifest.json").exists()) or path.name == "manifest.json"
+    return (
+        (path / "manifest.json").exists()
+        or (path.is_file() and (path.parent / "manifest.json").exists())
+        or path.name == "manifest.json"
+    )
 
 
 def evaluate_target(path: Path | None, model: str | None = None, limit: int | None = None) -> dict[str, Any]:
@@ -30,7 +34,12 @@ def evaluate_target(path: Path | None, model: str | None = None, limit: int | No
         run = RunContext(manifest["source"]["run"])
         runner = runtime.load(path)
         metrics = run.task.evaluate(runner, "val", limit=limit)
-        return {"kind": runner.kind, "model": manifest["model"], "target": manifest["target"], "metrics": metrics}
+        return {
+            "kind": runner.kind,
+            "model": manifest["model"],
+            "target": manifest["target"],
+            "metrics": metrics,
+        }
     run = RunContext(path)
     name = run.model_name(model)
     spec = run.export_spec(name)
@@ -39,9 +48,15 @@ def evaluate_target(path: Path | None, model: str | None = None, limit: int | No
 
 
 def evaluate(
-    path: Annotated[Path | None, typer.Argument(help="Run directory or artifact folder (default: runs/latest).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="For a run: which model (default: deploy_model).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate on the first N validation samples.")] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="Run directory or artifact folder (default: runs/latest).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="For a run: which model (default: deploy_model).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Evaluate on the first N validation samples.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Evaluate a model on its task's validation data."""

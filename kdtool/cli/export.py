@@ -13,17 +13,34 @@ from kdtool.export.driver import ExportRequest, export_model
 
 def export(
     run: Annotated[Path | None, typer.Argument(help="Run directory (default: runs/latest).")] = None,
-    target: Annotated[str, typer.Option("--target", "-t", help="Target profile or exporter name (`kdtool targets`).")] = "onnx",
-    model: Annotated[str | None, typer.Option("--model", help="Model of the run to export (default: its deploy_model).")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32, fp16 or int8 (default: the profile's).")] = None,
-    batch: Annotated[int | None, typer.Option("--batch", help="Batch size the artifact is tuned for.")] = None,
-    opt: Annotated[list[str] | None, typer.Option("--opt", help="Exporter option key=value (repeatable).")] = None,
-    max_metric_drop: Annotated[
-        float | None, typer.Option("--max-metric-drop", help="Fail if the artifact's metric is worse than PyTorch's by more.")
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="Target profile or exporter name (`kdtool targets`).")
+    ] = "onnx",
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model of the run to export (default: its deploy_model).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RUN/exports/<target>[-<model>]/).")] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32, fp16 or int8 (default: the profile's).")
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", help="Batch size the artifact is tuned for.")
+    ] = None,
+    opt: Annotated[
+        list[str] | None, typer.Option("--opt", help="Exporter option key=value (repeatable).")
+    ] = None,
+    max_metric_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-metric-drop", help="Fail if the artifact's metric is worse than PyTorch's by more."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: RUN/exports/<target>[-<model>]/).")
+    ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip parity and metric checks.")] = False,
-    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Validation samples for the metric check.")] = None,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", help="Validation samples for the metric check.")
+    ] = None,
 ) -> None:
     """Export a model of a run for a hardware target, verify it, and write manifest.json."""
     request = ExportRequest(

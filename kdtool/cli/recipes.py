@@ -27,7 +27,9 @@ def shipped_recipes_dir() -> Path:
 
 @app.command("list")
 def list_recipes(
-    directory: Annotated[Path | None, typer.Option("--dir", help="Folder of recipes (default: recipes/).")] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Folder of recipes (default: recipes/).")
+    ] = None,
 ) -> None:
     """The shipped recipes, one line each."""
     folder = directory or shipped_recipes_dir()

@@ -12,19 +12,27 @@ from kdtool.cli.common import console
 from kdtool.plugins import get_registries
 
 
-def targets(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def targets(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
     """List target profiles: exporter, precision, hardware, and what is verifiable here."""
     regs = get_registries()
     rows = []
     for entry in regs.targets.entries():
         profile = entry.obj
         exporter_cls = regs.exporters.get(profile.exporter) if profile.exporter in regs.exporters else None
-        missing = exporter_cls.capabilities.missing_requirements() if exporter_cls else [("?", "exporter not installed")]
+        missing = (
+            exporter_cls.capabilities.missing_requirements()
+            if exporter_cls
+            else [("?", "exporter not installed")]
+        )
         ok, why = profile.verifiable_here()
         if missing:
             ok, why = False, f"needs {missing[0][0]}: {missing[0][1]}"
         default_of = [
-            name for name in regs.exporters.names() if regs.exporters.get(name).capabilities.default_profile == profile.name
+            name
+            for name in regs.exporters.names()
+            if regs.exporters.get(name).capabilities.default_profile == profile.name
         ]
         rows.append(
             {
@@ -46,7 +54,13 @@ def targets(as_json: Annotated[bool, typer.Option("--json", help="Machine-readab
         table.add_column(col, overflow="fold")
     for r in rows:
         name = r["name"] + (f" (default for {', '.join(r['default_for'])})" if r["default_for"] else "")
-        table.add_row(name, r["exporter"], r["precision"], "yes" if r["verifiable_here"] else f"no: {r['why_not']}", r["description"])
+        table.add_row(
+            name,
+            r["exporter"],
+            r["precision"],
+            "yes" if r["verifiable_here"] else f"no: {r['why_not']}",
+            r["description"],
+        )
     console.print(table)
 
 

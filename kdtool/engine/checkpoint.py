@@ -29,7 +29,12 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    state["numpy"] = {
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
     version, internal, gauss = random.getstate()
     state["python"] = {"version": version, "internal": list(internal), "gauss": gauss}
     return state
@@ -40,7 +45,9 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
 
@@ -108,7 +115,10 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     info = read_json(pointer, what="checkpoint pointer")
     path = stage_dir / info["dir"]
     if not (path / "trainer.pt").exists():
-        raise RunError(f"checkpoint {path} named by {pointer} is incomplete", hint="delete the pointer to start the stage over")
+        raise RunError(
+            f"checkpoint {path} named by {pointer} is incomplete",
+            hint="delete the pointer to start the stage over",
+        )
     return path
 
 

@@ -18,12 +18,16 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RecipeError(f"device {spec!r} asked for, but CUDA is not available here", hint="use device: auto or cpu")
+            raise RecipeError(
+                f"device {spec!r} asked for, but CUDA is not available here", hint="use device: auto or cpu"
+            )
         return torch.device("cuda", local_rank) if spec == "cuda" else torch.device(spec)
     if spec == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise RecipeError("device 'mps' asked for, but MPS is not available here", hint="use device: auto or cpu")
+            raise RecipeError(
+                "device 'mps' asked for, but MPS is not available here", hint="use device: auto or cpu"
+            )
     return torch.device(spec)
 
 

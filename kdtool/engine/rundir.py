@@ -70,7 +70,9 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     summary = read_json(run_dir / "summary.json", what="run summary")
     version = summary.get("schema_version")
     if version != SUMMARY_SCHEMA_VERSION:
-        raise RunError(f"{run_dir / 'summary.json'} has schema_version {version}; this kdtool reads {SUMMARY_SCHEMA_VERSION}")
+        raise RunError(
+            f"{run_dir / 'summary.json'} has schema_version {version}; this kdtool reads {SUMMARY_SCHEMA_VERSION}"
+        )
     return summary
 
 

@@ -95,7 +95,9 @@ def build_model(task: Task, registries: Registries, name: str, cfg: ModelConfig)
     try:
         module = factory(**options)
     except TypeError as exc:
-        raise RecipeError(f"models.{name}: architecture {cfg.arch!r} rejected its options {options}: {exc}") from None
+        raise RecipeError(
+            f"models.{name}: architecture {cfg.arch!r} rejected its options {options}: {exc}"
+        ) from None
     if cfg.checkpoint:
         module.load_state_dict(load_weights(Path(cfg.checkpoint)))
     config = {"arch": cfg.arch, "options": options, "task": task.name}
@@ -117,7 +119,9 @@ def rebuild_model(registries: Registries, config: dict[str, Any], weights: Path 
     return module
 
 
-def load_run_model(registries: Registries, run_dir: Path, model_name: str) -> tuple[nn.Module, dict[str, Any]]:
+def load_run_model(
+    registries: Registries, run_dir: Path, model_name: str
+) -> tuple[nn.Module, dict[str, Any]]:
     summary = read_summary(run_dir)
     models = summary.get("models", {})
     if model_name not in models:
@@ -138,15 +142,28 @@ def load_teacher(
         if not weights.exists():
             raise RunError(
                 f"teacher {ref.name!r} is stage {ref.stage!r}, which has not finished in run {run_dir}",
-                hint=f"run that stage first (drop --only/--skip), or point the teacher at another run",
+                hint="run that stage first (drop --only/--skip), or point the teacher at another run",
             )
         return rebuild_model(registries, read_json(cfg_path, what="model config"), weights)
     if ref.run is not None:
         assert ref.model is not None  # checked by the recipe schema
         return load_run_model(registries, resolve_run(ref.run), ref.model)[0]
+    if ref.onnx is not None:
+        from kdtool.engine.teachers import OnnxTeacher
+
+        return OnnxTeacher(Path(ref.onnx))
+    if ref.program is not None:
+        from kdtool.engine.teachers import load_program_teacher
+
+        return load_program_teacher(Path(ref.program))
     assert ref.checkpoint is not None and ref.arch is not None
     built = build_model(task, registries, ref.name, ModelConfig(arch=ref.arch, options=ref.options))
-    built.module.load_state_dict(load_weights(Path(ref.checkpoint)))
+    try:
+        built.module.load_state_dict(load_weights(Path(ref.checkpoint)))
+    except RuntimeError as exc:
+        raise RecipeError(
+            f"teacher {ref.name!r}: {ref.checkpoint} does not fit architecture {ref.arch!r}: {exc}"
+        ) from None
     return built.module
 
 
@@ -159,7 +176,9 @@ def build_losses(stage: StageConfig, registries: Registries) -> nn.ModuleDict:
         try:
             modules[term.name] = cls(**term.options)
         except TypeError as exc:
-            raise RecipeError(f"stage {stage.name!r}: loss {term.loss!r} rejected options {term.options}: {exc}") from None
+            raise RecipeError(
+                f"stage {stage.name!r}: loss {term.loss!r} rejected options {term.options}: {exc}"
+            ) from None
     return modules
 
 
@@ -168,36 +187,41 @@ def check_recipe_names(recipe: Recipe, registries: Registries) -> None:
     registries.tasks.get(recipe.task.name)
     for name, cfg in recipe.models.items():
         if cfg.arch not in registries.models:
-            raise _wrap(f"models.{name}.arch", lambda: registries.models.get(cfg.arch))
+            raise _unknown(f"models.{name}.arch", registries.models, cfg.arch)
     for stage in recipe.stages:
         where = f"stages.{stage.name}"
         for term in stage.losses:
             if term.loss is not None and term.loss not in registries.losses:
-                raise _wrap(f"{where}.losses.{term.name}.loss", lambda: registries.losses.get(term.loss or ""))
+                raise _unknown(f"{where}.losses.{term.name}.loss", registries.losses, term.loss)
         if stage.optimizer.name not in registries.optimizers:
-            raise _wrap(f"{where}.optimizer.name", lambda: registries.optimizers.get(stage.optimizer.name))
+            raise _unknown(f"{where}.optimizer.name", registries.optimizers, stage.optimizer.name)
         if stage.schedule.name not in registries.schedules:
-            raise _wrap(f"{where}.schedule.name", lambda: registries.schedules.get(stage.schedule.name))
+            raise _unknown(f"{where}.schedule.name", registries.schedules, stage.schedule.name)
         for t in stage.teachers:
             if t.name == stage.model:
-                raise RecipeError(f"{where}: teacher name {t.name!r} equals the trained model's name; rename the teacher")
+                raise RecipeError(
+                    f"{where}: teacher name {t.name!r} equals the trained model's name; rename the teacher"
+                )
             if t.arch is not None and t.arch not in registries.models:
-                raise _wrap(f"{where}.teachers.{t.name}.arch", lambda: registries.models.get(t.arch or ""))
+                raise _unknown(f"{where}.teachers.{t.name}.arch", registries.models, t.arch)
 
 
-def _wrap(where: str, lookup: Callable[[], Any]) -> RecipeError:
+def _unknown(where: str, registry: Any, name: str) -> RecipeError:
+    """The registry's unknown-name error (with its suggestion), prefixed with the field path."""
     try:
-        lookup()
-    except Exception as exc:  # the registry's error, with its suggestion
+        registry.get(name)
+    except Exception as exc:
         return RecipeError(f"{where}: {exc}")
-    return RecipeError(f"{where}: invalid")
+    return RecipeError(f"{where}: invalid value {name!r}")
 
 
 # --------------------------------------------------------------------------- engine
 
 
 class Engine:
-    def __init__(self, loaded: LoadedRecipe, opts: DistillOptions, manager: PluginManager | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedRecipe, opts: DistillOptions, manager: PluginManager | None = None
+    ) -> None:
         self.loaded = loaded
         self.recipe = loaded.recipe
         self.opts = opts
@@ -340,7 +364,9 @@ class Engine:
         if split not in self._datasets:
             self._datasets[split] = self.task.build_dataset(split)  # type: ignore[arg-type]
             if len(self._datasets[split]) == 0:  # type: ignore[arg-type]
-                raise RecipeError(f"the {split} split of task {self.task.name!r} is empty; check the recipe's data section")
+                raise RecipeError(
+                    f"the {split} split of task {self.task.name!r} is empty; check the recipe's data section"
+                )
         return self._datasets[split]
 
     def _per_rank_batch(self, stage: StageConfig) -> int:
@@ -365,8 +391,11 @@ class Engine:
         model = built.module.to(device)
         teachers: dict[str, nn.Module] = {}
         for ref in stage.teachers:
-            teacher = load_teacher(ref, task=task, registries=self.registries, run_dir=run_dir, loaded=self.loaded)
+            teacher = load_teacher(
+                ref, task=task, registries=self.registries, run_dir=run_dir, loaded=self.loaded
+            )
             teacher.to(device).eval().requires_grad_(False)
+            task.check_teacher(stage, ref.name, teacher)
             teachers[ref.name] = teacher
         losses = build_losses(stage, self.registries).to(device)
 
@@ -402,7 +431,9 @@ class Engine:
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         groups: list[dict[str, Any]] = [{"params": params, "param_names": names}]
         if loss_params:
-            groups.append({"params": loss_params, "param_names": [f"loss.{n}" for n, _ in losses.named_parameters()]})
+            groups.append(
+                {"params": loss_params, "param_names": [f"loss.{n}" for n, _ in losses.named_parameters()]}
+            )
         opt_cfg = stage.optimizer
         optimizer = self.registries.optimizers.get(opt_cfg.name)(
             groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, **opt_cfg.options
@@ -449,8 +480,12 @@ class Engine:
         state = TrainerState(step=0, epoch=0, best_metric=None, best_step=None, train_seconds=0.0)
         ckpt = latest_checkpoint(stage_ckpt_dir) if self.opts.resume else None
         if ckpt is not None:
-            state = load_checkpoint(ckpt, model=model, losses=losses, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
-            self.echo(f"stage {stage.name}: resuming from {ckpt.relative_to(run_dir)} (step {state.step}/{total_steps})")
+            state = load_checkpoint(
+                ckpt, model=model, losses=losses, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+            )
+            self.echo(
+                f"stage {stage.name}: resuming from {ckpt.relative_to(run_dir)} (step {state.step}/{total_steps})"
+            )
             if dist_info.is_main:
                 metrics_log.truncate_after(stage.name, state.step)
 
@@ -465,7 +500,9 @@ class Engine:
         models_view: dict[str, nn.Module] = {stage.model: train_model, **teachers}
 
         if dist_info.is_main:
-            self.manager.notify("on_stage_start", run_dir=run_dir, stage=stage.name, recipe=recipe.model_dump(mode="json"))
+            self.manager.notify(
+                "on_stage_start", run_dir=run_dir, stage=stage.name, recipe=recipe.model_dump(mode="json")
+            )
         n_params = count_params(model)
         self.echo(
             f"stage {stage.name} ({stage.role}): model {stage.model} ({built.config['arch']}), {n_params:,} parameters, "
@@ -492,7 +529,9 @@ class Engine:
             random.setstate(py_state)
             model.train()
             if metric.name not in result:
-                raise TrainingError(f"task {task.name!r} evaluate() did not return its primary metric {metric.name!r}")
+                raise TrainingError(
+                    f"task {task.name!r} evaluate() did not return its primary metric {metric.name!r}"
+                )
             value = float(result[metric.name])
             improved = state.best_metric is None or (
                 value > state.best_metric if metric.higher_is_better else value < state.best_metric
@@ -500,7 +539,9 @@ class Engine:
             if improved and stage.keep == "best":
                 state.best_metric, state.best_step = value, step
                 save_weights(model, best_path)
-            metrics_log.append({"stage": stage.name, "step": step, "epoch": state.epoch, "split": "val", **result})
+            metrics_log.append(
+                {"stage": stage.name, "step": step, "epoch": state.epoch, "split": "val", **result}
+            )
             return result
 
         def checkpoint() -> None:
@@ -516,7 +557,9 @@ class Engine:
                 state=state,
                 keep_last=recipe.checkpoint.keep_last,
             )
-            self.manager.notify("on_checkpoint_saved", run_dir=run_dir, stage=stage.name, step=state.step, path=path)
+            self.manager.notify(
+                "on_checkpoint_saved", run_dir=run_dir, stage=stage.name, step=state.step, path=path
+            )
 
         model.train()
         progress = _Progress(
@@ -547,7 +590,11 @@ class Engine:
                 for micro in range(stage.grad_accum):
                     batch = ctx.to_device(next(data_iter))
                     last_micro = micro == stage.grad_accum - 1
-                    sync = contextlib.nullcontext() if (last_micro or not dist_info.enabled) else train_model.no_sync()  # type: ignore[operator]
+                    sync = (
+                        contextlib.nullcontext()
+                        if (last_micro or not dist_info.enabled)
+                        else train_model.no_sync()
+                    )  # type: ignore[operator]
                     with sync:
                         ctx.backward_calls = 0
                         with ctx.autocast():
@@ -557,7 +604,9 @@ class Engine:
                             ctx.backward(total)
                     for k, v in terms.items():
                         step_terms[k] = step_terms.get(k, 0.0) + float(v.detach()) / stage.grad_accum
-                    step_terms["total"] = step_terms.get("total", 0.0) + float(total.detach()) / stage.grad_accum
+                    step_terms["total"] = (
+                        step_terms.get("total", 0.0) + float(total.detach()) / stage.grad_accum
+                    )
                     window_samples += _batch_len(batch) * dist_info.world_size
                 kdist.all_reduce_grads(dist_info, loss_params)
                 if scaler is not None:
@@ -579,7 +628,12 @@ class Engine:
                     elapsed = time.perf_counter() - window_start
                     rate = window_samples / elapsed if elapsed > 0 else 0.0
                     if dist_info.is_main:
-                        record: dict[str, Any] = {"stage": stage.name, "step": state.step, "epoch": epoch, "split": "train"}
+                        record: dict[str, Any] = {
+                            "stage": stage.name,
+                            "step": state.step,
+                            "epoch": epoch,
+                            "split": "train",
+                        }
                         record.update({f"loss/{k}": v / running_count for k, v in running.items()})
                         record["lr"] = optimizer.param_groups[0]["lr"]
                         record["samples_per_s"] = rate
@@ -721,7 +775,9 @@ class _Progress:
                 transient=False,
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task(self.description, total=self.total, completed=self.completed, **self._fields)
+            self._task = self._progress.add_task(
+                self.description, total=self.total, completed=self.completed, **self._fields
+            )
         return self
 
     def __exit__(self, *exc: Any) -> None:

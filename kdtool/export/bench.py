@@ -76,7 +76,9 @@ def peak_growth_mb(baseline_kb: int | None) -> float | None:
     return max(0.0, (peak - baseline_kb) / 1024)
 
 
-def time_calls(fn: Callable[[], Any], *, warmup: int = 5, min_calls: int = 20, max_seconds: float = 2.0) -> list[float]:
+def time_calls(
+    fn: Callable[[], Any], *, warmup: int = 5, min_calls: int = 20, max_seconds: float = 2.0
+) -> list[float]:
     """Wall times (ms) of repeated calls after a warm-up, within a time budget."""
     for _ in range(warmup):
         fn()
@@ -91,7 +93,9 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 5, min_calls: int = 20, m
     return times
 
 
-def inputs_from_graph_info(info: dict[str, Any], batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+def inputs_from_graph_info(
+    info: dict[str, Any], batch: int, generator: torch.Generator
+) -> tuple[torch.Tensor, ...]:
     """Random inputs for a graph described in a manifest, at opt sizes and the given batch."""
     sizes = {k: v["opt"] for k, v in info.get("dynamic_axes", {}).items()}
     if "batch" in sizes:
@@ -140,10 +144,17 @@ def graph_infos_from_spec(spec: Any) -> dict[str, dict[str, Any]]:
     return {
         g.name: {
             "inputs": [
-                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "value_range": list(t.value_range) if t.value_range else None}
+                {
+                    "name": t.name,
+                    "shape": list(t.shape),
+                    "dtype": t.dtype,
+                    "value_range": list(t.value_range) if t.value_range else None,
+                }
                 for t in g.inputs
             ],
-            "dynamic_axes": {k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()},
+            "dynamic_axes": {
+                k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()
+            },
         }
         for g in spec.graphs
     }
@@ -152,7 +163,10 @@ def graph_infos_from_spec(spec: Any) -> dict[str, dict[str, Any]]:
 def record_in_manifest(directory: Path, row: BenchRow) -> None:
     manifest_path = directory / "manifest.json"
     manifest = read_manifest(manifest_path)
-    manifest.setdefault("bench", {})[machine_key()] = {**row.to_dict(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest.setdefault("bench", {})[machine_key()] = {
+        **row.to_dict(),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     write_json(manifest_path, manifest)
 
 
@@ -162,8 +176,17 @@ def int8_warnings(rows: list[BenchRow]) -> list[str]:
     for row in rows:
         if row.precision != "int8" or row.latency_ms_p50 is None:
             continue
-        fp32 = [r for r in rows if r.model == row.model and r.precision == "fp32" and r.latency_ms_p50 is not None and r.kind == row.kind]
-        fp32 = fp32 or [r for r in rows if r.model == row.model and r.precision == "fp32" and r.latency_ms_p50 is not None]
+        fp32 = [
+            r
+            for r in rows
+            if r.model == row.model
+            and r.precision == "fp32"
+            and r.latency_ms_p50 is not None
+            and r.kind == row.kind
+        ]
+        fp32 = fp32 or [
+            r for r in rows if r.model == row.model and r.precision == "fp32" and r.latency_ms_p50 is not None
+        ]
         for ref in fp32:
             assert ref.latency_ms_p50 is not None
             if row.latency_ms_p50 >= ref.latency_ms_p50:

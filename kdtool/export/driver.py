@@ -72,7 +72,9 @@ def resolve_target(name: str, registries: Registries) -> tuple[TargetProfile, Ex
             hint=f"did you mean {close!r}?" if close else "`kdtool targets` lists them",
         )
     if profile.exporter not in registries.exporters:
-        raise ExportError(f"target {profile.name!r} needs exporter {profile.exporter!r}, which is not installed")
+        raise ExportError(
+            f"target {profile.name!r} needs exporter {profile.exporter!r}, which is not installed"
+        )
     exporter_cls = registries.exporters.get(profile.exporter)
     missing = exporter_cls.capabilities.missing_requirements()
     if missing:
@@ -114,7 +116,8 @@ def resolve_options(
             if e["type"] == "extra_forbidden":
                 close = suggest(str(e["loc"][-1]), list(model.model_fields))
                 problems.append(
-                    f"unknown option {key!r}" + (f" (did you mean {close!r}?)" if close else "")
+                    f"unknown option {key!r}"
+                    + (f" (did you mean {close!r}?)" if close else "")
                     + f"; options of {exporter.capabilities.name}: {', '.join(model.model_fields)}"
                 )
             else:
@@ -168,7 +171,9 @@ class RunContext:
             raise RunError(
                 f"run {self.run_dir} has no model {chosen!r} (its stage did not finish or it does not exist); "
                 f"models: {sorted(models) or 'none'}",
-                hint=f"did you mean {close!r}?" if close else "finish the run with `kdtool distill RECIPE --resume`",
+                hint=f"did you mean {close!r}?"
+                if close
+                else "finish the run with `kdtool distill RECIPE --resume`",
             )
         return chosen
 
@@ -189,13 +194,20 @@ def export_model(
     caps = exporter.capabilities
     model_name = ctx_run.model_name(request.model)
     recipe_export = ctx_run.loaded.recipe.export.model_dump()
-    precision = request.precision or (profile.precision if profile.precision else None) or recipe_export.get("precision") or "fp32"
+    precision = (
+        request.precision
+        or (profile.precision if profile.precision else None)
+        or recipe_export.get("precision")
+        or "fp32"
+    )
     if precision not in caps.precisions:
         raise ExportError(
             f"target {profile.name!r} (exporter {caps.name}) does not support precision {precision!r}; "
             f"supported: {', '.join(caps.precisions)}"
         )
-    options = _with_precision(resolve_options(exporter, profile, recipe_export, parse_cli_options(request.options)), precision)
+    options = _with_precision(
+        resolve_options(exporter, profile, recipe_export, parse_cli_options(request.options)), precision
+    )
     deploy = ctx_run.summary.get("deploy_model")
     out_dir = request.out or ctx_run.run_dir / "exports" / (
         profile.name if model_name == deploy else f"{profile.name}-{model_name}"
@@ -217,7 +229,9 @@ def export_model(
         dep_options = resolve_options(dep_exporter, dep_profile, {}, extra)
         dep_dir = tmp_dir / f"from-{dep_profile.name}"
         dep_dir.mkdir(parents=True, exist_ok=True)
-        dep_ctx = ExportContext(target=dep_profile.name, precision="fp32", require_artifact=require_artifact, log=echo)
+        dep_ctx = ExportContext(
+            target=dep_profile.name, precision="fp32", require_artifact=require_artifact, log=echo
+        )
         artifact = dep_exporter.export(spec, dep_options, dep_dir, dep_ctx)
         dependencies[dep_profile.name] = {
             "exporter": dep_profile.exporter,
@@ -250,7 +264,11 @@ def export_model(
     if request.verify:
         result = exporter.verify(spec, artifact, _with_precision(options, precision))
         not_verified.extend(result.not_verified)
-        verification = {"parity": [p.to_dict() for p in result.parity], "passed": result.passed if result.parity else None, "checks": result.checks}
+        verification = {
+            "parity": [p.to_dict() for p in result.parity],
+            "passed": result.passed if result.parity else None,
+            "checks": result.checks,
+        }
         if result.parity and not result.passed:
             status = "parity_failed"
         runnable, why = exporter.can_run_here(_with_precision(options, precision))
@@ -259,7 +277,9 @@ def export_model(
             try:
                 runner = exporter.load(tmp_dir, manifest)
             except ExportError as exc:
-                not_verified.append(f"task metric of the artifact: it does not load on this machine ({exc.message})")
+                not_verified.append(
+                    f"task metric of the artifact: it does not load on this machine ({exc.message})"
+                )
         if runnable and runner is not None:
             metric_block = _compare_metric(ctx_run, spec, runner, request.eval_limit)
             if request.max_metric_drop is not None:
@@ -285,7 +305,10 @@ def export_model(
     size = manifest["size_bytes"]
     line = f"export {profile.name}: {main_file} ({_human(size)}) in {export_seconds:.1f}s"
     if verification["passed"] is not None:
-        worst = max((p["max_rel_error"] for p in verification["parity"] if p["tolerance"] != float("inf")), default=0.0)
+        worst = max(
+            (p["max_rel_error"] for p in verification["parity"] if p["tolerance"] != float("inf")),
+            default=0.0,
+        )
         line += f"; parity {'ok' if verification['passed'] else 'FAILED'} (max rel err {worst:.2e})"
     if metric_block:
         line += (
@@ -296,7 +319,9 @@ def export_model(
         line += f"; not verified: {len(not_verified)} item(s), see manifest"
     echo(line)
     if status == "parity_failed":
-        raise ExportError(f"export {profile.name}: the artifact does not match PyTorch (see {out_dir / 'manifest.json'})")
+        raise ExportError(
+            f"export {profile.name}: the artifact does not match PyTorch (see {out_dir / 'manifest.json'})"
+        )
     if status == "metric_failed":
         assert metric_block is not None
         raise ExportError(
@@ -310,7 +335,9 @@ def _with_precision(options: ExporterOptions, precision: str) -> ExporterOptions
     return options.model_copy(update={"precision": precision})
 
 
-def _compare_metric(ctx_run: RunContext, spec: ExportSpec, runner: Predictor, limit: int | None) -> dict[str, Any]:
+def _compare_metric(
+    ctx_run: RunContext, spec: ExportSpec, runner: Predictor, limit: int | None
+) -> dict[str, Any]:
     task = ctx_run.task
     metric = task.primary_metric
     reference = task.evaluate(Predictor.from_spec(spec), "val", limit=limit)
@@ -320,7 +347,9 @@ def _compare_metric(ctx_run: RunContext, spec: ExportSpec, runner: Predictor, li
         "higher_is_better": metric.higher_is_better,
         "pytorch": float(reference[metric.name]),
         "artifact": float(artifact[metric.name]),
-        "drop": metric_drop(float(reference[metric.name]), float(artifact[metric.name]), metric.higher_is_better),
+        "drop": metric_drop(
+            float(reference[metric.name]), float(artifact[metric.name]), metric.higher_is_better
+        ),
         "pytorch_all": reference,
         "artifact_all": artifact,
         "samples": limit,
@@ -368,14 +397,28 @@ def _base_manifest(
             g.name: {
                 "file": str(artifact.graph_files[g.name].relative_to(directory)),
                 "inputs": [
-                    {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "role": t.role, "description": t.description}
+                    {
+                        "name": t.name,
+                        "shape": list(t.shape),
+                        "dtype": t.dtype,
+                        "role": t.role,
+                        "description": t.description,
+                    }
                     for t in g.inputs
                 ],
                 "outputs": [
-                    {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "role": t.role, "description": t.description}
+                    {
+                        "name": t.name,
+                        "shape": list(t.shape),
+                        "dtype": t.dtype,
+                        "role": t.role,
+                        "description": t.description,
+                    }
                     for t in g.outputs
                 ],
-                "dynamic_axes": {k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()},
+                "dynamic_axes": {
+                    k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()
+                },
             }
             for g in spec.graphs
         },

@@ -137,7 +137,9 @@ class Exporter(ABC):
     capabilities: ClassVar[Capabilities]
 
     @abstractmethod
-    def export(self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(
+        self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext
+    ) -> Artifact:
         """Write the artifact for ``spec`` into ``out_dir``."""
 
     @abstractmethod
@@ -181,7 +183,9 @@ def compare_outputs(
             continue
         if not ref.is_floating_point():
             mismatch = float((ref_f != got_f).float().mean()) if ref_f.numel() else 0.0
-            results.append(ParityResult(graph, sizes, name, mismatch, mismatch, tolerance, mismatch <= tolerance))
+            results.append(
+                ParityResult(graph, sizes, name, mismatch, mismatch, tolerance, mismatch <= tolerance)
+            )
             continue
         abs_err = float((ref_f - got_f).abs().max()) if ref_f.numel() else 0.0
         scale = float(ref_f.abs().max()) if ref_f.numel() else 1.0

@@ -119,7 +119,9 @@ class GraphSpec:
                 tensors.append(torch.randn(shape, generator=generator).to(spec.torch_dtype))
             else:
                 lo, hi = spec.value_range or (0, 2)
-                tensors.append(torch.randint(int(lo), int(hi), shape, generator=generator).to(spec.torch_dtype))
+                tensors.append(
+                    torch.randint(int(lo), int(hi), shape, generator=generator).to(spec.torch_dtype)
+                )
         return tuple(tensors)
 
     def test_sizes(self) -> list[dict[str, int]]:

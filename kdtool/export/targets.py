@@ -31,7 +31,10 @@ class TargetProfile:
         arch = self.machine.get("cpu_arch")
         here = platform.machine().lower()
         if arch and arch != here and not (arch == "aarch64" and here == "arm64"):
-            return False, f"tuned for {arch}; this machine is {here}: numerics checked, latency not representative"
+            return (
+                False,
+                f"tuned for {arch}; this machine is {here}: numerics checked, latency not representative",
+            )
         if self.machine.get("cuda") and not torch.cuda.is_available():
             return False, "needs an NVIDIA GPU; CUDA is not available here"
         cc = self.machine.get("compute_capability")

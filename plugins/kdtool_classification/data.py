@@ -70,7 +70,9 @@ class ArrayDataset(Dataset[dict[str, Any]]):
 class FileDataset(Dataset[dict[str, Any]]):
     """Images read from disk on access (ImageFolder or a manifest)."""
 
-    def __init__(self, items: list[tuple[Path, int]], *, channels: int, size: int, augment: bool, seed: int) -> None:
+    def __init__(
+        self, items: list[tuple[Path, int]], *, channels: int, size: int, augment: bool, seed: int
+    ) -> None:
         self.items = items
         self.channels = channels
         self.size = size
@@ -122,7 +124,9 @@ def image_folder(root: Path, labels: list[str] | None) -> tuple[list[tuple[Path,
     classes = labels or folders
     unknown = sorted(set(folders) - set(classes))
     if unknown:
-        raise DataError(f"image folder {root} has class folders {unknown} that are not in the labels list {classes}")
+        raise DataError(
+            f"image folder {root} has class folders {unknown} that are not in the labels list {classes}"
+        )
     items = []
     for label, name in enumerate(classes):
         folder = root / name
@@ -150,15 +154,21 @@ def read_manifest(path: Path, labels: list[str] | None) -> tuple[list[tuple[Path
                 obj = json.loads(line)
                 rows.append((lineno, str(obj["path"]), str(obj["label"])))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{lineno}: expected a JSON object with 'path' and 'label' ({exc})") from None
+                raise DataError(
+                    f"{path}:{lineno}: expected a JSON object with 'path' and 'label' ({exc})"
+                ) from None
     else:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-                raise DataError(f"{path}:1: expected a CSV header with columns 'path' and 'label', got {reader.fieldnames}")
+                raise DataError(
+                    f"{path}:1: expected a CSV header with columns 'path' and 'label', got {reader.fieldnames}"
+                )
             for lineno, row in enumerate(reader, 2):
                 rows.append((lineno, row["path"], row["label"]))
-    classes = labels or sorted({r[2] for r in rows}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    classes = labels or sorted(
+        {r[2] for r in rows}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s)
+    )
     items = []
     for lineno, rel, label in rows:
         if label in classes:

@@ -1,8 +1,17 @@
-"""Task ``image_classification``: soft-target KD from a teacher into a smaller classifier.
+"""Task ``image_classification``: distil a teacher, often the user's own, into a small classifier.
 
-Stages: ``teacher`` (cross-entropy), ``student`` (cross-entropy plus any registered KD loss
-on logits: ``kl_t``, ``alpha_div``, ``mse_logits``), ``baseline_student`` (cross-entropy
-only). The embedded default data is scikit-learn's bundled handwritten digits.
+Stages: ``teacher`` (cross-entropy; only when the recipe trains one), ``student``
+(cross-entropy plus any registered KD loss on logits: ``kl_t``, ``alpha_div``, ``mse_logits``)
+and ``baseline_student`` (cross-entropy only). Teachers may be an earlier stage, another run, a
+registered architecture with a safetensors file, an ONNX file or a ``.pt2`` program; files from
+elsewhere take pixels in [0, 1] (the deploy interface), trained stages take normalised pixels.
+
+Semi-supervised: ``data.unlabeled_root`` adds images without labels to the training split; they
+train on the teacher's outputs alone (cross-entropy ignores them). With ``dual_head: true`` in
+the student's model options (DHO), the label head learns from labels and the teacher head from
+the teacher, and the two are combined at inference.
+
+The embedded default data is scikit-learn's bundled handwritten digits (1,797 real 8x8 scans).
 """
 
 from __future__ import annotations
@@ -15,14 +24,26 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from kdtool.errors import DataError, RecipeError
 from kdtool.export.spec import DeployMetadata, DynamicAxis, ExportSpec, GraphSpec, TensorSpec
 from kdtool.recipe import StageConfig
 from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
 
-from .data import ArrayDataset, FileDataset, digits_arrays, image_folder, load_image, read_manifest, split_indices
+from .data import (
+    IMAGE_SUFFIXES,
+    ArrayDataset,
+    FileDataset,
+    digits_arrays,
+    image_folder,
+    load_image,
+    read_manifest,
+    split_indices,
+)
+
+UNLABELED = -1
+EXTERNAL_SOURCES = ("onnx", "program")
 
 
 class ClassificationData(TaskOptions):
@@ -36,6 +57,7 @@ class ClassificationData(TaskOptions):
     channels: Literal[1, 3] = 1
     augment: bool = True
     labels: list[str] | None = None
+    unlabeled_root: str | None = Field(default=None, description="images without labels (KD only)")
     mean: float = 0.5
     std: float = 0.5
 
@@ -85,8 +107,12 @@ class ClassificationTask(Task):
             if d.channels == 3:
                 images = images.repeat(1, 3, 1, 1)
             train_idx, val_idx = split_indices(len(labels), d.val_fraction, seed=1234)
-            train: Dataset[dict[str, Any]] = ArrayDataset(images[train_idx], labels[train_idx], augment=d.augment, seed=self.seed)
-            val: Dataset[dict[str, Any]] = ArrayDataset(images[val_idx], labels[val_idx], augment=False, seed=self.seed)
+            train: Dataset[dict[str, Any]] = ArrayDataset(
+                images[train_idx], labels[train_idx], augment=d.augment, seed=self.seed
+            )
+            val: Dataset[dict[str, Any]] = ArrayDataset(
+                images[val_idx], labels[val_idx], augment=False, seed=self.seed
+            )
         else:
             if d.source == "imagefolder":
                 assert d.root is not None
@@ -100,8 +126,23 @@ class ClassificationTask(Task):
                 train_idx, val_idx = split_indices(len(items), d.val_fraction, seed=1234)
                 val_items = [items[i] for i in val_idx]
                 items = [items[i] for i in train_idx]
-            train = FileDataset(items, channels=d.channels, size=d.image_size, augment=d.augment, seed=self.seed)
-            val = FileDataset(val_items, channels=d.channels, size=d.image_size, augment=False, seed=self.seed)
+            train = FileDataset(
+                items, channels=d.channels, size=d.image_size, augment=d.augment, seed=self.seed
+            )
+            val = FileDataset(
+                val_items, channels=d.channels, size=d.image_size, augment=False, seed=self.seed
+            )
+        if d.unlabeled_root:
+            root = Path(d.unlabeled_root)
+            if not root.is_dir():
+                raise DataError(f"unlabeled image folder not found: {root}")
+            extra = [(p, UNLABELED) for p in sorted(root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+            if not extra:
+                raise DataError(f"unlabeled image folder {root} contains no images")
+            unlabeled = FileDataset(
+                extra, channels=d.channels, size=d.image_size, augment=d.augment, seed=self.seed
+            )
+            train = _Concat(train, unlabeled)
         self._splits = {"train": train, "val": val}
         return self._splits
 
@@ -123,30 +164,86 @@ class ClassificationTask(Task):
         self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
     ) -> dict[str, torch.Tensor]:
         image = (batch["image"] - self.data.mean) / self.data.std
-        logits = models[stage.model](image)
-        terms = {"ce": F.cross_entropy(logits.float(), batch["label"])}
+        logits = models[stage.model](image).float()
+        num_classes = len(self.labels)
+        label_logits, kd_logits = logits, logits
+        if logits.shape[-1] == 2 * num_classes:  # a dual-head student (DHO)
+            label_logits, kd_logits = logits.split(num_classes, dim=-1)
+        labels = batch["label"]
+        if bool((labels == UNLABELED).all()):
+            ce = label_logits.sum() * 0.0  # keeps the graph; an all-unlabeled batch has no CE
+        else:
+            ce = F.cross_entropy(label_logits, labels, ignore_index=UNLABELED)
+        terms = {"ce": ce}
         if stage.role == "student":
             if not stage.teachers:
                 raise RecipeError(f"stage {stage.name!r} is a student but has no teachers")
             teacher_logits = ctx.teacher_outputs(batch)["logits"]
             for term in stage.losses:
                 if term.loss is not None and term.name != "ce":
-                    terms[term.name] = ctx.loss(term.name)(logits, teacher_logits)
+                    terms[term.name] = ctx.loss(term.name)(kd_logits, teacher_logits)
         return terms
+
+    def _teacher_input(self, teacher: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        if getattr(teacher, "kdtool_source", None) in EXTERNAL_SOURCES:
+            return image
+        return (image - self.data.mean) / self.data.std
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
-        image = (batch["image"] - self.data.mean) / self.data.std
-        logits = torch.stack([t(image).float() for t in teachers.values()]).mean(0)
+        image = batch["image"]
+        logits = torch.stack([t(self._teacher_input(t, image)).float() for t in teachers.values()]).mean(0)
         return {"logits": logits}
+
+    def check_teacher(self, stage: StageConfig, name: str, teacher: nn.Module) -> None:
+        """The teacher must take the data's images and predict the data's classes, in order."""
+        self._load()
+        d = self.data
+        expected = (d.channels, d.image_size, d.image_size)
+        where = getattr(teacher, "path", None) or name
+        meta = getattr(teacher, "input_meta", None)
+        if meta:
+            shape = meta[0][1]
+            fixed = tuple(s for s in shape[1:]) if len(shape) == 4 else None
+            if fixed is None or any(
+                isinstance(a, int) and a != b for a, b in zip(fixed, expected, strict=True)
+            ):
+                raise DataError(
+                    f"teacher {name!r} ({where}) takes input {list(shape)}, but the data gives images of shape "
+                    f"{['batch', *expected]} (data.channels={d.channels}, data.image_size={d.image_size})"
+                )
+        labels = getattr(teacher, "labels", None)
+        if labels is not None and list(labels) != list(self.labels):
+            raise DataError(
+                f"teacher {name!r} ({where}) was trained with labels {labels}, but the data's labels are {self.labels}",
+                hint="set data.labels to the teacher's label order",
+            )
+        sample = torch.stack([self.build_dataset("val")[i]["image"] for i in range(2)])
+        device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+        try:
+            with torch.no_grad():
+                out = teacher(self._teacher_input(teacher, sample.to(device)))
+        except Exception as exc:
+            raise DataError(
+                f"teacher {name!r} ({where}) cannot take the data's images of shape {['batch', *expected]}: "
+                f"{str(exc).splitlines()[0][:200]}"
+            ) from None
+        out = out[0] if isinstance(out, tuple | list) else out
+        if out.ndim != 2 or out.shape[-1] != len(self.labels):
+            raise DataError(
+                f"teacher {name!r} ({where}) predicts {out.shape[-1] if out.ndim else '?'} classes "
+                f"(output shape {list(out.shape)}), but the data has {len(self.labels)} classes: {self.labels}"
+            )
 
     def teacher_cache_safe(self, stage: StageConfig) -> bool:
         return not self.data.augment
 
     # ------------------------------------------------------------ evaluation
 
-    def evaluate(self, predictor: Predictor, split: Split = "val", *, limit: int | None = None) -> dict[str, float]:
+    def evaluate(
+        self, predictor: Predictor, split: Split = "val", *, limit: int | None = None
+    ) -> dict[str, float]:
         dataset = self.build_dataset(split)
         n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
         correct = 0
@@ -181,7 +278,9 @@ class ClassificationTask(Task):
                 GraphSpec(
                     name="model",
                     module=module,
-                    inputs=[TensorSpec("image", ("batch", d.channels, size, size), description="pixels in [0, 1]")],
+                    inputs=[
+                        TensorSpec("image", ("batch", d.channels, size, size), description="pixels in [0, 1]")
+                    ],
                     outputs=[TensorSpec("logits", ("batch", len(self.labels)), role="output")],
                     dynamic_axes={"batch": DynamicAxis(1, 1, 64)},
                     calibration_inputs=calibration_inputs,
@@ -228,6 +327,22 @@ class ClassificationTask(Task):
             )
         return results
 
-    def check_teacher(self, num_classes: int) -> None:
-        if num_classes != len(self.labels):
-            raise DataError(f"the teacher predicts {num_classes} classes but the data has {len(self.labels)}: {self.labels}")
+
+class _Concat(Dataset[dict[str, Any]]):
+    """Two datasets as one, with indices renumbered and set_epoch forwarded."""
+
+    def __init__(self, first: Dataset[dict[str, Any]], second: Dataset[dict[str, Any]]) -> None:
+        self.first, self.second = first, second
+        self.split = len(first)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in (self.first, self.second):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.split + len(self.second)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.first[index] if index < self.split else self.second[index - self.split]
+        return {**item, "index": index}

@@ -33,7 +33,9 @@ def register_optimizers(register: Any) -> None:
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
     def halve(optimizer: torch.optim.Optimizer, *, total_steps: int, **_: Any) -> Any:
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 if step >= total_steps // 2 else 1.0)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 if step >= total_steps // 2 else 1.0
+        )
 
     register("test_sgd", plain_sgd)
     register("schedule:test_halve", halve)

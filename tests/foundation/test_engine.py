@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from kdtool_classification.task import ClassificationTask
 from safetensors.torch import load_file
 
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import RecipeError, RunError, TrainingError
 from kdtool.plugins import PluginManager
 from kdtool.recipe import load_recipe
-from kdtool_classification.task import ClassificationTask
 from tests.foundation import observer_plugin
 from tests.helpers import tiny_recipe, write_recipe
 
@@ -26,7 +26,9 @@ class NaNTask(ClassificationTask):
 
     name = "nan_task"
 
-    def training_step(self, stage: Any, models: Mapping[str, torch.nn.Module], batch: dict[str, Any], ctx: Any) -> dict[str, torch.Tensor]:
+    def training_step(
+        self, stage: Any, models: Mapping[str, torch.nn.Module], batch: dict[str, Any], ctx: Any
+    ) -> dict[str, torch.Tensor]:
         terms = super().training_step(stage, models, batch, ctx)
         if ctx.step == 3:
             terms["boom"] = terms["ce"] * float("nan")
@@ -52,7 +54,11 @@ def manager() -> PluginManager:
 
 
 def run(path: Path, overrides: list[str] | None = None, **opts: Any) -> Path | dict[str, Any]:
-    engine = Engine(load_recipe(path, overrides or []), DistillOptions(progress=False, echo=lambda _m: None, **opts), manager())
+    engine = Engine(
+        load_recipe(path, overrides or []),
+        DistillOptions(progress=False, echo=lambda _m: None, **opts),
+        manager(),
+    )
     return engine.dry_run() if opts.get("dry_run") else engine.run()
 
 
@@ -78,7 +84,7 @@ def test_distill_writes_the_run_directory_contract(tmp_path: Path) -> None:
     assert models["baseline_student"]["role"] == "baseline"
     assert models["baseline_student"]["baseline_for"] == "student"
     assert models["student"]["teachers"] == ["teacher"]
-    for name, info in models.items():
+    for info in models.values():
         assert info["params"] > 0 and info["train_seconds"] > 0
         assert 0.0 <= info["metrics"]["accuracy"] <= 1.0
         config = json.loads((run_dir / info["config"]).read_text())
@@ -108,7 +114,9 @@ def test_nan_loss_stops_the_stage_naming_step_and_term(tmp_path: Path) -> None:
     with pytest.raises(TrainingError) as info:
         run(path)
     assert "step 3" in str(info.value) and "'boom'" in str(info.value)
-    latest = json.loads((tmp_path / "runs" / "tiny" / "latest" / "checkpoints" / "teacher" / "latest.json").read_text())
+    latest = json.loads(
+        (tmp_path / "runs" / "tiny" / "latest" / "checkpoints" / "teacher" / "latest.json").read_text()
+    )
     assert latest["step"] == 2
 
 
@@ -160,7 +168,11 @@ def test_registered_optimizer_and_schedule_are_used(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
     run_dir = run(
         path,
-        ["stages.teacher.optimizer.name=test_sgd", "stages.teacher.optimizer.lr=0.2", "stages.teacher.schedule.name=test_halve"],
+        [
+            "stages.teacher.optimizer.name=test_sgd",
+            "stages.teacher.optimizer.lr=0.2",
+            "stages.teacher.schedule.name=test_halve",
+        ],
         only=["teacher"],
     )
     assert isinstance(run_dir, Path)
@@ -171,7 +183,9 @@ def test_registered_optimizer_and_schedule_are_used(tmp_path: Path) -> None:
 
 def test_unknown_names_in_recipe_fail_before_training(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
-    with pytest.raises(RecipeError, match=r"(?s)stages.student.losses.kd.loss: unknown loss 'kl_tt'.*did you mean 'kl_t'"):
+    with pytest.raises(
+        RecipeError, match=r"(?s)stages.student.losses.kd.loss: unknown loss 'kl_tt'.*did you mean 'kl_t'"
+    ):
         run(path, ["stages.student.losses.kd.loss=kl_tt"])
     with pytest.raises(RecipeError, match="did you mean 'cls_mlp'"):
         run(path, ["models.student.arch=cls_mpl"])
@@ -180,7 +194,9 @@ def test_unknown_names_in_recipe_fail_before_training(tmp_path: Path) -> None:
 
 def test_task_sections_are_validated_by_the_task(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
-    with pytest.raises(RecipeError, match=r"r.yaml:\d+: data.image_sise: unknown key .*did you mean 'image_size'"):
+    with pytest.raises(
+        RecipeError, match=r"r.yaml:\d+: data.image_sise: unknown key .*did you mean 'image_size'"
+    ):
         run(path, ["data.image_sise=8"])
 
 

@@ -141,7 +141,9 @@ def test_feature_hint_projection_is_trainable() -> None:
     value = hint(s, t)
     value.backward()
     assert hint.projection.weight.grad is not None
-    projected = torch.einsum("nchw,dc->ndhw", s, hint.projection.weight) + hint.projection.bias.view(1, -1, 1, 1)
+    projected = torch.einsum("nchw,dc->ndhw", s, hint.projection.weight) + hint.projection.bias.view(
+        1, -1, 1, 1
+    )
     assert value.item() == pytest.approx(F.mse_loss(projected, t).item(), rel=1e-5)
 
 

@@ -115,7 +115,12 @@ def test_plugins_listing_records_each_kind_of_failure(plugin_path: Path) -> None
         "model architecture": ["test_linear"],
         "loss": ["zero_loss"],
     }
-    assert by_name["good"]["hooks"] == ["register_commands", "register_losses", "register_models", "register_tasks"]
+    assert by_name["good"]["hooks"] == [
+        "register_commands",
+        "register_losses",
+        "register_models",
+        "register_tasks",
+    ]
     assert by_name["broken"]["status"] == "broken"
     assert "broken on purpose" in by_name["broken"]["error"]
     assert by_name["missing"]["status"] == "unavailable"
@@ -130,13 +135,17 @@ def test_plugins_listing_records_each_kind_of_failure(plugin_path: Path) -> None
     assert by_name["classification"]["status"] == "ok"
 
 
-def test_conflict_fails_commands_with_both_names_and_disable_fixes_it(plugin_path: Path, tmp_path: Path) -> None:
+def test_conflict_fails_commands_with_both_names_and_disable_fixes_it(
+    plugin_path: Path, tmp_path: Path
+) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
     env = {"PYTHONPATH": str(plugin_path)}
     failed = run_cli(["recipes", "validate", str(recipe)], env_extra=env)
     assert failed.returncode == 4
     assert "'kdtool'" in failed.stderr and "'dup'" in failed.stderr and "Traceback" not in failed.stderr
-    ok = run_cli(["recipes", "validate", str(recipe)], env_extra={**env, "KDTOOL_DISABLE_PLUGINS": "dup,broken"})
+    ok = run_cli(
+        ["recipes", "validate", str(recipe)], env_extra={**env, "KDTOOL_DISABLE_PLUGINS": "dup,broken"}
+    )
     assert ok.returncode == 0, ok.stderr
     data = _plugins_json({**env, "KDTOOL_DISABLE_PLUGINS": "dup"})
     assert {p["name"]: p["status"] for p in data["plugins"]}["dup"] == "disabled"

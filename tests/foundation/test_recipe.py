@@ -6,7 +6,6 @@ import pytest
 
 from kdtool.errors import RecipeError
 from kdtool.recipe import load_recipe
-
 from tests.helpers import REPO, tiny_recipe, write_recipe
 
 
@@ -35,7 +34,9 @@ def test_unknown_key_names_file_line_path_and_suggestion(tmp_path: Path) -> None
 
 def test_wrong_type_and_missing_field(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
-    path.write_text("name: r\ntask: {name: x}\nmodels: {}\nstages:\n  - name: a\n    model: m\n    epochs: many\n")
+    path.write_text(
+        "name: r\ntask: {name: x}\nmodels: {}\nstages:\n  - name: a\n    model: m\n    epochs: many\n"
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     msg = str(info.value)
@@ -58,7 +59,9 @@ def test_teacher_must_be_an_earlier_stage(tmp_path: Path) -> None:
 
 def test_overrides_address_list_items_by_name(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path))
-    loaded = load_recipe(path, ["stages.student.steps=7", "seed=3", "stages.student.optimizer.lr=0.5", "data.augment=true"])
+    loaded = load_recipe(
+        path, ["stages.student.steps=7", "seed=3", "stages.student.optimizer.lr=0.5", "data.augment=true"]
+    )
     assert loaded.recipe.stage("student").steps == 7
     assert loaded.recipe.stage("student").optimizer.lr == 0.5
     assert loaded.recipe.seed == 3

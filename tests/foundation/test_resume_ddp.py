@@ -32,7 +32,9 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "kdtool", "distill", str(path), "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     pointer = tmp_path / "runs" / "tiny" / "latest" / "checkpoints" / "teacher" / "latest.json"
     killed_at = None
@@ -86,15 +88,32 @@ def test_two_process_gloo_matches_single_process(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "kdtool", "distill", str(path), "--only", "teacher", "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "kdtool",
+            "distill",
+            str(path),
+            "--only",
+            "teacher",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     ddp_run = (tmp_path / "runs" / "tiny" / "latest").resolve()
     summary = json.loads((ddp_run / "summary.json").read_text())
     assert summary["world_size"] == 2
-    single = run_cli(["distill", str(path), "--only", "teacher", "--no-progress"], env_extra={"OMP_NUM_THREADS": "1"})
+    single = run_cli(
+        ["distill", str(path), "--only", "teacher", "--no-progress"], env_extra={"OMP_NUM_THREADS": "1"}
+    )
     assert single.returncode == 0, single.stderr
     single_run = (tmp_path / "runs" / "tiny" / "latest").resolve()
     a, b = _weights(ddp_run, "teacher"), _weights(single_run, "teacher")

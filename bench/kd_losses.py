@@ -1,0 +1,114 @@
+"""KD loss table: the same teacher, student and data, one row per registered logit KD loss.
+
+Trains the teacher of ``recipes/image_classification.yaml`` once, then for every registered
+loss whose forward takes ``(student_logits, teacher_logits)`` distils the student with
+``0.3 CE + 0.7 KD`` over several seeds, plus the CE-only baseline on the same seeds. Prints
+mean +- std of validation accuracy and the paired difference to the baseline; writes JSON.
+
+    python bench/kd_losses.py [--seeds 0 1 2] [--epochs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kdtool.engine.trainer import DistillOptions, Engine
+from kdtool.plugins import get_registries
+from kdtool.recipe import recipe_from_dict
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "image_classification.yaml"
+
+
+def logit_losses() -> list[str]:
+    names = []
+    for name, entry in ((n, get_registries().losses.entry(n)) for n in get_registries().losses.names()):
+        params = list(inspect.signature(entry.obj.forward).parameters)[1:3]
+        if params != ["student_logits", "teacher_logits"]:
+            continue
+        try:  # sequence losses (e.g. CTC posteriors) do not take (batch, classes) logits
+            entry.obj()(torch.randn(4, 10), torch.randn(4, 10))
+        except Exception:
+            continue
+        names.append(name)
+    return names
+
+
+def run(data: dict[str, Any]) -> Path:
+    result = Engine(recipe_from_dict(data), DistillOptions(progress=False, echo=lambda _m: None)).run()
+    assert isinstance(result, Path)
+    return result
+
+
+def accuracy(run_dir: Path, model: str) -> float:
+    return json.loads((run_dir / "summary.json").read_text())["models"][model]["metrics"]["accuracy"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's student epochs")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/kd_losses.json"))
+    args = parser.parse_args()
+    base = yaml.safe_load(RECIPE.read_text())
+    runs = Path(tempfile.mkdtemp(prefix="kd-losses-"))
+    base["runs_dir"] = str(runs)
+    base["logging"] = {"progress": False}
+    teacher_recipe = copy.deepcopy(base)
+    teacher_recipe["stages"] = [s for s in base["stages"] if s["name"] == "teacher"]
+    teacher_run = run(teacher_recipe)
+    teacher_acc = accuracy(teacher_run, "teacher")
+    student_stage = next(s for s in base["stages"] if s["name"] == "student")
+    baseline_stage = next(s for s in base["stages"] if s["name"] == "baseline_student")
+    if args.epochs:
+        student_stage["epochs"] = baseline_stage["epochs"] = args.epochs
+    results: dict[str, list[float]] = {"baseline (CE only)": []}
+    for seed in args.seeds:
+        data = copy.deepcopy(base)
+        data.update(seed=seed, stages=[baseline_stage], deploy_model=None)
+        results["baseline (CE only)"].append(accuracy(run(data), "baseline_student"))
+    for loss in logit_losses():
+        key = f"CE + {loss}"
+        results[key] = []
+        for seed in args.seeds:
+            stage = copy.deepcopy(student_stage)
+            stage["teachers"] = [{"name": "teacher", "run": str(teacher_run), "model": "teacher"}]
+            stage["losses"] = [{"name": "ce", "weight": 0.3}, {"name": "kd", "loss": loss, "weight": 0.7}]
+            data = copy.deepcopy(base)
+            data.update(seed=seed, stages=[stage], deploy_model=None)
+            results[key].append(accuracy(run(data), "student"))
+    baseline = results["baseline (CE only)"]
+    rows = []
+    print(f"teacher accuracy: {teacher_acc:.4f}   seeds: {args.seeds}")
+    print(f"{'student loss':<24}{'accuracy mean':>14}{'std':>8}{'paired diff vs baseline':>26}")
+    for key, values in results.items():
+        diffs = [v - b for v, b in zip(values, baseline, strict=True)]
+        row = {
+            "loss": key,
+            "accuracy": values,
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "paired_diff_mean": statistics.mean(diffs),
+            "paired_diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+        }
+        rows.append(row)
+        diff = "-" if key.startswith("baseline") else f"{row['paired_diff_mean']:+.4f} +- {row['paired_diff_std']:.4f}"
+        print(f"{key:<24}{row['mean']:>14.4f}{row['std']:>8.4f}{diff:>26}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"teacher_accuracy": teacher_acc, "seeds": args.seeds, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

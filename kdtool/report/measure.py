@@ -1,0 +1,221 @@
+"""FLOPs/MACs and CPU latency of a run's models, measured on the export spec's graphs.
+
+Each model is rebuilt from the run (``RunContext.load_model``) and described by its task's
+``export_spec``, so what is counted is exactly the deployable interface (wrappers,
+normalisation inside the graph), called once per graph at batch 1 with the other dynamic
+axes at their ``opt`` size.
+
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode`, which counts matrix
+products and convolutions (2 FLOPs per multiply-accumulate) and ignores element-wise work.
+CPU LSTM/GRU/RNN kernels are fused and invisible to it, so a forward hook on every
+``nn.RNNBase`` adds their gate products analytically when the counter saw none inside the
+module. MACs = FLOPs / 2.
+
+Results are cached in ``RUN/report_measurements.json``: FLOPs per weights hash (they never
+change), latency per weights hash *and* machine (``kdtool.export.bench.machine_key``), so
+writing the report again, or a comparison page, does not measure twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdtool.export.bench import graph_infos_from_spec, inputs_from_graph_info, machine_key, time_calls
+from kdtool.export.spec import ExportSpec
+from kdtool.io import read_json, sha256_file, write_json
+from kdtool.task import Predictor
+
+MEASUREMENTS_FILE = "report_measurements.json"
+MEASUREMENTS_SCHEMA_VERSION = 1
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+@dataclass
+class ModelMeasurement:
+    """What the report shows for one model (None: not measured, see ``notes``)."""
+
+    flops: int | None = None
+    graph_flops: dict[str, int] = field(default_factory=dict)
+    latency_ms_p50: float | None = None
+    latency_ms_p90: float | None = None
+    machine: str | None = None
+    threads: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def macs(self) -> int | None:
+        return None if self.flops is None else self.flops // 2
+
+
+def rnn_flops(module: nn.RNNBase, inputs: tuple[Any, ...]) -> int:
+    """Matrix-product FLOPs of one call of a PyTorch RNN module (input and recurrent gates,
+    every layer and direction, plus the LSTM projection)."""
+    x = inputs[0]
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        steps = int(x.batch_sizes.sum())
+    else:
+        if x.dim() == 2:  # unbatched (T, I)
+            steps = int(x.shape[0])
+        else:
+            steps = int(x.shape[0] * x.shape[1])
+    gates = _GATES.get(module.mode, 1)
+    hidden = module.hidden_size
+    proj = getattr(module, "proj_size", 0) or 0
+    out_size = proj or hidden
+    directions = 2 if module.bidirectional else 1
+    macs = 0
+    for layer in range(module.num_layers):
+        in_size = module.input_size if layer == 0 else out_size * directions
+        per_step = gates * hidden * (in_size + out_size)
+        if proj:
+            per_step += hidden * proj
+        macs += directions * steps * per_step
+    return 2 * macs
+
+
+def count_flops(spec: ExportSpec) -> dict[str, int]:
+    """FLOPs of one call of each graph of ``spec`` at batch 1 (other axes at ``opt``)."""
+    out: dict[str, int] = {}
+    generator = torch.Generator().manual_seed(0)
+    for graph in spec.graphs:
+        sizes = {"batch": 1} if "batch" in graph.dynamic_axes else {}
+        inputs = graph.make_inputs(sizes, generator=generator)
+        counter = FlopCounterMode(display=False)
+        extra = [0]
+        handles = []
+
+        def make_hooks(counter: FlopCounterMode = counter) -> tuple[Callable[..., None], Callable[..., None]]:
+            seen: list[int] = []
+
+            def pre(_m: nn.Module, _inputs: tuple[Any, ...]) -> None:
+                seen.append(counter.get_total_flops())
+
+            def post(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> None:
+                before = seen.pop()
+                if counter.get_total_flops() == before and isinstance(m, nn.RNNBase):
+                    extra[0] += rnn_flops(m, inputs)
+
+            return pre, post
+
+        for module in graph.module.modules():
+            if isinstance(module, nn.RNNBase):
+                pre, post = make_hooks()
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post))
+        graph.module.eval()
+        try:
+            with counter, torch.no_grad():
+                graph.module(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        out[graph.name] = int(counter.get_total_flops()) + extra[0]
+    return out
+
+
+def cpu_latency(spec: ExportSpec, *, seconds: float = 0.5) -> tuple[float, float]:
+    """(p50, p90) milliseconds of one call of every graph at batch 1, summed over graphs,
+    with the bench helpers (warm-up, then repeated calls within a time budget)."""
+    predictor = Predictor.from_spec(spec, "cpu")
+    infos = graph_infos_from_spec(spec)
+    generator = torch.Generator().manual_seed(0)
+    p50 = p90 = 0.0
+    for name, info in infos.items():
+        run = predictor.graphs[name]
+        one = inputs_from_graph_info(info, 1, generator)
+        times = time_calls(lambda run=run, one=one: run(*one), warmup=3, min_calls=10, max_seconds=seconds)
+        p50 += float(np.percentile(times, 50))
+        p90 += float(np.percentile(times, 90))
+    return p50, p90
+
+
+def _read_cache(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MEASUREMENTS_FILE
+    if not path.exists():
+        return {"schema_version": MEASUREMENTS_SCHEMA_VERSION, "models": {}}
+    try:
+        data = read_json(path, what="report measurements")
+    except Exception:  # a damaged cache is measured again, never fatal
+        return {"schema_version": MEASUREMENTS_SCHEMA_VERSION, "models": {}}
+    if not isinstance(data, dict) or data.get("schema_version") != MEASUREMENTS_SCHEMA_VERSION:
+        return {"schema_version": MEASUREMENTS_SCHEMA_VERSION, "models": {}}
+    data.setdefault("models", {})
+    return data
+
+
+def measure_models(
+    run_dir: Path,
+    summary: dict[str, Any],
+    spec_for: Callable[[str], ExportSpec],
+    *,
+    latency: bool = True,
+    seconds: float = 0.5,
+    echo: Callable[[str], None] = lambda _m: None,
+) -> dict[str, ModelMeasurement]:
+    """Measure every model of the run that has weights; reuse and update the cache file."""
+    cache = _read_cache(run_dir)
+    machine = machine_key()
+    threads = torch.get_num_threads()
+    results: dict[str, ModelMeasurement] = {}
+    changed = False
+    for name, entry in summary.get("models", {}).items():
+        weights = entry.get("weights")
+        result = ModelMeasurement()
+        results[name] = result
+        if not weights or not (run_dir / weights).exists():
+            result.notes.append("no weights (its stage did not finish)")
+            continue
+        digest = sha256_file(run_dir / weights)
+        cached = cache["models"].get(name, {})
+        if cached.get("weights_sha256") != digest:
+            cached = {"weights_sha256": digest, "latency": {}}
+        need_flops = "graph_flops" not in cached
+        need_latency = latency and machine not in cached.get("latency", {})
+        if need_flops or need_latency:
+            # Failures are shown in the report but never cached: the next report tries again.
+            start = time.perf_counter()
+            try:
+                spec = spec_for(name)
+            except Exception as exc:  # a task that cannot describe a model still gets a report
+                result.notes.append(f"not measured: its export spec failed ({type(exc).__name__}: {exc})")
+            else:
+                if need_flops:
+                    try:
+                        cached["graph_flops"] = count_flops(spec)
+                    except Exception as exc:
+                        result.notes.append(f"FLOPs not counted: {type(exc).__name__}: {exc}")
+                if need_latency:
+                    try:
+                        p50, p90 = cpu_latency(spec, seconds=seconds)
+                        cached.setdefault("latency", {})[machine] = {
+                            "p50_ms": round(p50, 4),
+                            "p90_ms": round(p90, 4),
+                            "threads": threads,
+                            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        }
+                    except Exception as exc:
+                        result.notes.append(f"latency not measured: {type(exc).__name__}: {exc}")
+            echo(f"report: measured {name} in {time.perf_counter() - start:.1f}s")
+            cache["models"][name] = cached
+            changed = True
+        if "graph_flops" in cached:
+            result.graph_flops = {k: int(v) for k, v in cached["graph_flops"].items()}
+            result.flops = sum(result.graph_flops.values())
+        lat = cached.get("latency", {}).get(machine)
+        if lat:
+            result.latency_ms_p50 = lat["p50_ms"]
+            result.latency_ms_p90 = lat["p90_ms"]
+            result.machine = machine
+            result.threads = lat.get("threads")
+    if changed:
+        write_json(run_dir / MEASUREMENTS_FILE, cache)
+    return results
