@@ -20,5 +20,5 @@ def register_losses(register: Register) -> None:
 def register_optimizers(register: Register) -> None:
     for name, factory in BUILTIN_OPTIMIZERS.items():
         register(name, factory, description=f"torch.optim {name}")
-    for name, factory in BUILTIN_SCHEDULES.items():
-        register(f"schedule:{name}", factory, description=f"{name} learning-rate schedule")
+    for name, schedule in BUILTIN_SCHEDULES.items():
+        register(f"schedule:{name}", schedule, description=f"{name} learning-rate schedule")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +33,10 @@ def distill(
         Path | None, typer.Option("--run", help="With --resume: the run directory to continue.")
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
+    no_report: Annotated[
+        bool,
+        typer.Option("--no-report", help="Do not write RUN/report.html at the end (`kdtool report` does)."),
+    ] = False,
 ) -> None:
     """Train teacher(s) and distil a student as the recipe says; writes runs/<name>/<time>/."""
     loaded = load_recipe(recipe, set_ or [])
@@ -81,6 +86,26 @@ def distill(
         value = info["metrics"].get(metric)
         shown = f"{value:.4g}" if isinstance(value, int | float) else "-"
         console.print(f"  {name:<20} {info['role']:<9} {info['params']:>10,} params  {metric} {shown}")
+    if not no_report and os.environ.get("RANK", "0") == "0":
+        _write_report(result)
+
+
+def _write_report(run_dir: Path) -> None:
+    """The run's report at the end of a run; a failure here never fails the training."""
+    from kdtool.cli.common import err_console
+
+    try:
+        from kdtool.report import ReportOptions, write_report
+
+        path = write_report(run_dir, ReportOptions())
+    except Exception as exc:
+        err_console.print(
+            f"kdtool: warning: report not written ({type(exc).__name__}: {exc}); "
+            f"retry with `kdtool report {run_dir}`",
+            markup=False,
+        )
+        return
+    console.print(f"report: {path}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

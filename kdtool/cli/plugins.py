@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from kdtool.cli.common import console
+from kdtool.cli.common import console, err_console
 from kdtool.hookspecs import PLUGIN_API_VERSION
 from kdtool.plugins import DISABLE_ENV, get_plugin_manager
 
-app = typer.Typer(help="List installed plugins.", invoke_without_command=True, no_args_is_help=False)
+app = typer.Typer(
+    help="List installed plugins; create new ones (`new`); print the hook reference (`docs`).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -60,3 +65,61 @@ def plugins(
             console.print(line)
     for conflict in manager.conflicts:
         console.print(f"[red]conflict[/red]: {conflict} (block one with {DISABLE_ENV}=NAME)")
+
+
+@app.command("new")
+def new(
+    name: Annotated[
+        str,
+        typer.Argument(help="Plugin name, e.g. dist-loss (distribution kdtool-NAME, module kdtool_NAME)."),
+    ],
+    kind: Annotated[
+        str, typer.Option("--kind", "-k", help="What the plugin provides: task, exporter, loss or target.")
+    ],
+    directory: Annotated[Path, typer.Option("--dir", help="Folder to create the plugin in.")] = Path("."),
+) -> None:
+    """Create a new plugin distribution that installs with `pip install -e` and passes the conformance kit."""
+    from kdtool.scaffold import scaffold
+
+    result = scaffold(name, kind, directory, manager=get_plugin_manager())
+    n = result.names
+    console.print(
+        f"created {result.root}/: {kind} plugin {n.plugin!r} (distribution {n.distribution}, module {n.module})"
+    )
+    for path in result.files:
+        console.print(f"  {path.relative_to(result.root)}")
+    console.print(
+        "next:\n"
+        f"  cd {result.root}\n"
+        '  pip install -e ".[test]"   # then `kdtool plugins` lists it\n'
+        "  python -m pytest            # runs kdtool's conformance kit on it"
+    )
+
+
+@app.command("docs")
+def docs(
+    write: Annotated[
+        Path | None,
+        typer.Option("--write", help="Rewrite the generated hook reference block in this Markdown file."),
+    ] = None,
+    check: Annotated[
+        Path | None,
+        typer.Option("--check", help="Exit 1 if this file's hook reference differs from hookspecs.py."),
+    ] = None,
+) -> None:
+    """Print the hook reference (signatures and contracts) generated from kdtool/hookspecs.py."""
+    from kdtool.scaffold import hookdocs
+
+    if check is not None:
+        if not hookdocs.is_current(check):
+            err_console.print(
+                f"{check}: the hook reference is out of date; run `kdtool plugins docs --write {check}`"
+            )
+            raise typer.Exit(1)
+        console.print(f"{check}: hook reference is current")
+        return
+    if write is not None:
+        changed = hookdocs.update(write)
+        console.print(f"{write}: {'updated' if changed else 'already current'}")
+        return
+    console.print(hookdocs.render_reference(), markup=False, end="")

@@ -298,7 +298,7 @@ class Engine:
         for name, cfg in self.recipe.models.items():
             built = build_model(self.task, self.registries, name, cfg)
             plan["models"][name] = {"arch": cfg.arch, "params": count_params(built.module)}
-        train_len = len(self._dataset("train"))
+        train_len = len(self._dataset("train"))  # type: ignore[arg-type]
         for stage in self.recipe.stages:
             per_rank = self._per_rank_batch(stage)
             steps_per_epoch = max(1, train_len // self.dist.world_size // per_rank // stage.grad_accum)
@@ -590,11 +590,9 @@ class Engine:
                 for micro in range(stage.grad_accum):
                     batch = ctx.to_device(next(data_iter))
                     last_micro = micro == stage.grad_accum - 1
-                    sync = (
-                        contextlib.nullcontext()
-                        if (last_micro or not dist_info.enabled)
-                        else train_model.no_sync()
-                    )  # type: ignore[operator]
+                    sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+                    if not last_micro and dist_info.enabled:
+                        sync = train_model.no_sync()  # type: ignore[operator]
                     with sync:
                         ctx.backward_calls = 0
                         with ctx.autocast():
@@ -602,8 +600,8 @@ class Engine:
                         total = _weighted_total(stage, terms, state.step)
                         if ctx.backward_calls == 0:
                             ctx.backward(total)
-                    for k, v in terms.items():
-                        step_terms[k] = step_terms.get(k, 0.0) + float(v.detach()) / stage.grad_accum
+                    for k, term_value in terms.items():
+                        step_terms[k] = step_terms.get(k, 0.0) + float(term_value.detach()) / stage.grad_accum
                     step_terms["total"] = (
                         step_terms.get("total", 0.0) + float(total.detach()) / stage.grad_accum
                     )

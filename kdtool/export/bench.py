@@ -8,6 +8,7 @@ the process's peak resident set while the model loads and runs (Linux: VmHWM, re
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from collections.abc import Callable
@@ -126,7 +127,7 @@ def bench_predictor(
     for name, info in graph_infos.items():
         run = predictor.graphs[name]
         one = inputs_from_graph_info(info, 1, gen)
-        times = time_calls(lambda one=one, run=run: run(*one), max_seconds=max_seconds)
+        times = time_calls(functools.partial(run, *one), max_seconds=max_seconds)
         p50 += float(np.percentile(times, 50))
         p90 += float(np.percentile(times, 90))
     first_name, first = next(iter(graph_infos.items()))

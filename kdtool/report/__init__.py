@@ -56,10 +56,14 @@ __all__ = [
 ]
 
 
-def write_report(run: Path | str | None = None, opts: ReportOptions | None = None, out: Path | None = None) -> Path:
+def write_report(
+    run: Path | str | None = None, opts: ReportOptions | None = None, out: Path | None = None
+) -> Path:
     """Write the report of one run (default ``RUN/report.html``) and return its path."""
     data = collect_run(run, opts)
     path = out or data.run_dir / REPORT_FILE
+    if path.is_dir():
+        path = path / REPORT_FILE
     write_text(path, render_run(data))
     return path
 
@@ -78,7 +82,9 @@ def write_comparison(
 ) -> Path:
     """Write one page comparing two or more runs and return its path."""
     if len(runs) < 2:
-        raise RunError("a comparison needs two or more runs", hint="`kdtool report RUN` writes one run's report")
+        raise RunError(
+            "a comparison needs two or more runs", hint="`kdtool report RUN` writes one run's report"
+        )
     # A comparison shows no task figures: do not draw them.
     opts = replace(opts or ReportOptions(), task_figures=False)
     data = [collect_run(r, opts) for r in runs]
@@ -86,6 +92,7 @@ def write_comparison(
     if len(set(resolved)) != len(resolved):
         raise RunError(f"the same run is given twice: {', '.join(str(p) for p in resolved)}")
     path = out or comparison_path(data)
+    if path.is_dir():
+        path = path / comparison_path(data).name
     write_text(path, render_comparison(data))
     return path
-

@@ -30,6 +30,7 @@ class ReportOptions:
     measure: bool = True  # FLOPs/MACs (cached per weights)
     latency: bool = True  # CPU latency at batch 1 (cached per weights and machine)
     latency_seconds: float = 0.5
+    latency_threads: int = 1
     task_figures: bool = True  # ask the task to write its figures (Task.write_figures)
     echo: Callable[[str], None] = lambda _m: None
 
@@ -145,7 +146,9 @@ def model_rows(summary: dict[str, Any], run_dir: Path) -> list[ModelRow]:
     return rows
 
 
-def _load_image(path: Path, run_dir: Path, group: str, description: str, notes: list[str]) -> FigureImage | None:
+def _load_image(
+    path: Path, run_dir: Path, group: str, description: str, notes: list[str]
+) -> FigureImage | None:
     from PIL import Image, UnidentifiedImageError
 
     mime = IMAGE_SUFFIXES.get(path.suffix.lower())
@@ -309,7 +312,9 @@ def collect_run(run: Path | str | None, opts: ReportOptions | None = None) -> Ru
     return RunData(run_dir, summary, recipe_text, records, rows, exports, figures, notes, machine_key())
 
 
-def _measure(run_dir: Path, summary: dict[str, Any], opts: ReportOptions, notes: list[str]) -> dict[str, ModelMeasurement]:
+def _measure(
+    run_dir: Path, summary: dict[str, Any], opts: ReportOptions, notes: list[str]
+) -> dict[str, ModelMeasurement]:
     from kdtool.export.driver import RunContext
 
     ctx: list[RunContext] = []
@@ -321,7 +326,13 @@ def _measure(run_dir: Path, summary: dict[str, Any], opts: ReportOptions, notes:
 
     try:
         return measure_models(
-            run_dir, summary, spec_for, latency=opts.latency, seconds=opts.latency_seconds, echo=opts.echo
+            run_dir,
+            summary,
+            spec_for,
+            latency=opts.latency,
+            seconds=opts.latency_seconds,
+            threads=opts.latency_threads,
+            echo=opts.echo,
         )
     except Exception as exc:
         notes.append(f"models not measured: {type(exc).__name__}: {exc}")

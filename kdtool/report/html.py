@@ -35,7 +35,7 @@ nav { margin: 14px 0 0; font-size: 13px; }
 nav a { color: var(--accent); margin-right: 14px; text-decoration: none; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 18px 0 4px; }
 .card { background: var(--soft); border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px;
-        min-width: 190px; flex: 1 1 190px; }
+        min-width: 190px; max-width: 300px; flex: 1 1 190px; }
 .card .k { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .v { font-size: 22px; font-weight: 600; margin-top: 2px; }
 .card .d { color: var(--muted); font-size: 12px; }
@@ -58,6 +58,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); borde
 figcaption { color: var(--muted); font-size: 12.5px; margin-top: 4px; }
 pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
       font-size: 12.5px; overflow-x: auto; line-height: 1.35; }
+pre.recipe { max-height: 520px; overflow-y: auto; }
 details { margin: 6px 0 10px; }
 summary { cursor: pointer; color: var(--accent); }
 ul.notes li { margin: 3px 0; }
@@ -146,10 +147,15 @@ def png_figure(data: bytes | None, alt: str, caption: str = "") -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric: Sequence[int] = ()) -> str:
     """``headers`` are plain text (escaped here); cells are already-safe HTML."""
-    head = "".join(f'<th class="num">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>" for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="num">{esc(h)}</th>' if i in numeric else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(headers)
+    )
     body = []
     for row in rows:
-        cells = "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        cells = "".join(
+            f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)
+        )
         body.append(f"<tr>{cells}</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -174,9 +180,19 @@ def page(title: str, body: str) -> str:
 def _models_table(run: RunData) -> str:
     metric = run.metric
     others = sorted({k for m in run.models for k in m.metrics if k != metric})
-    headers = ["model", "role", "arch", "params", "MACs (batch 1)", metric or "metric", *others, "CPU latency p50 (p90)",
-               "distillation gain", "train time", "steps", "kept", "teachers"]
-    numeric = [3, 4, 5, *range(6, 6 + len(others)), 6 + len(others), 8 + len(others), 9 + len(others)]
+    headers = [
+        "model",
+        "role",
+        "arch",
+        "params",
+        "MACs (batch 1)",
+        metric or "metric",
+        *others,
+        "CPU latency p50 (p90)",
+        "distillation gain",
+        "training",
+    ]
+    numeric = [3, 4, 5, *range(6, 6 + len(others)), 6 + len(others)]
     rows = []
     for m in run.models:
         meas = m.measurement
@@ -188,13 +204,16 @@ def _models_table(run: RunData) -> str:
             name += ' <span class="badge ok">deploy</span>'
         macs = fmt_count(meas.macs)
         if len(meas.graph_flops) > 1:
-            macs += "<br><span class='muted'>" + ", ".join(
-                f"{esc(g)} {fmt_count(f // 2)}" for g, f in meas.graph_flops.items()
-            ) + "</span>"
+            macs += (
+                "<br><span class='muted'>"
+                + ", ".join(f"{esc(g)} {fmt_count(f // 2)}" for g, f in meas.graph_flops.items())
+                + "</span>"
+            )
         rows.append(
             [
                 name,
-                esc(m.role) + (f" <span class='muted'>for {esc(m.baseline_for)}</span>" if m.baseline_for else ""),
+                esc(m.role)
+                + (f" <span class='muted'>for {esc(m.baseline_for)}</span>" if m.baseline_for else ""),
                 esc(m.arch),
                 fmt_count(m.params) + (f"<br><span class='muted'>{m.params:,}</span>" if m.params else ""),
                 macs,
@@ -202,10 +221,7 @@ def _models_table(run: RunData) -> str:
                 *[fmt_num(m.metrics.get(k)) for k in others],
                 lat,
                 fmt_gain(m.gain, m.gain_baseline),
-                f"{m.train_seconds:.1f} s" if m.train_seconds is not None else "–",
-                fmt_num(m.steps),
-                esc(m.kept or "–"),
-                esc(", ".join(m.teachers) or "–"),
+                _training_cell(m),
             ]
         )
     out = table(headers, rows, numeric)
@@ -225,6 +241,22 @@ def _models_table(run: RunData) -> str:
     return out
 
 
+def _training_cell(m: ModelRow) -> str:
+    parts = []
+    if m.steps is not None or m.train_seconds is not None:
+        parts.append(
+            f"{fmt_num(m.steps)} steps"
+            + (f", {m.train_seconds:.1f} s" if m.train_seconds is not None else "")
+        )
+    if m.kept:
+        parts.append(f"<span class='muted'>kept {esc(m.kept)}</span>")
+    if m.teachers:
+        parts.append(f"<span class='muted'>teachers: {esc(', '.join(m.teachers))}</span>")
+    if not m.has_weights:
+        parts.append("<span class='bad'>no weights</span>")
+    return "<br>".join(parts) or "–"
+
+
 def _highlights(run: RunData) -> str:
     cards = []
     deploy = run.model(run.summary.get("deploy_model"))
@@ -232,22 +264,45 @@ def _highlights(run: RunData) -> str:
     if deploy is not None:
         cards.append(("deployed model", esc(deploy.name), f"{esc(metric)} {fmt_num(deploy.primary)}"))
         if deploy.gain is not None:
-            cards.append(("distillation gain", fmt_gain(deploy.gain), f"{esc(metric)} vs {esc(deploy.gain_baseline)}"))
+            cards.append(
+                ("distillation gain", fmt_gain(deploy.gain), f"{esc(metric)} vs {esc(deploy.gain_baseline)}")
+            )
     teachers = [m for m in run.models if m.role == "teacher"]
     if deploy is not None and teachers:
         t = max(teachers, key=lambda m: m.params or 0)
         if t.params and deploy.params:
-            cards.append(("size vs teacher", f"{t.params / deploy.params:.1f}× smaller",
-                          f"{fmt_count(deploy.params)} vs {fmt_count(t.params)} params ({esc(t.name)})"))
+            cards.append(
+                (
+                    "size vs teacher",
+                    f"{t.params / deploy.params:.1f}× smaller",
+                    f"{fmt_count(deploy.params)} vs {fmt_count(t.params)} params ({esc(t.name)})",
+                )
+            )
         if t.measurement.latency_ms_p50 and deploy.measurement.latency_ms_p50:
-            cards.append(("CPU speed-up vs teacher", f"{t.measurement.latency_ms_p50 / deploy.measurement.latency_ms_p50:.1f}×",
-                          f"{fmt_ms(deploy.measurement.latency_ms_p50)} vs {fmt_ms(t.measurement.latency_ms_p50)}"))
+            cards.append(
+                (
+                    "CPU speed-up vs teacher",
+                    f"{t.measurement.latency_ms_p50 / deploy.measurement.latency_ms_p50:.1f}×",
+                    f"{fmt_ms(deploy.measurement.latency_ms_p50)} vs {fmt_ms(t.measurement.latency_ms_p50)}",
+                )
+            )
         if t.primary is not None and deploy.primary is not None:
             cards.append((f"teacher {esc(metric)}", fmt_num(t.primary), esc(t.name)))
-    cards.append(("exported artifacts", str(len(run.exports)), ", ".join(esc(e.folder) for e in run.exports) or "none yet"))
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="d">{d}</div></div>' for k, v, d in cards
-    ) + "</div>"
+    cards.append(
+        (
+            "exported artifacts",
+            str(len(run.exports)),
+            ", ".join(esc(e.folder) for e in run.exports) or "none yet",
+        )
+    )
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="k">{k}</div><div class="v">{v}</div><div class="d">{d}</div></div>'
+            for k, v, d in cards
+        )
+        + "</div>"
+    )
 
 
 def _stages(run: RunData) -> list[tuple[str, str]]:
@@ -274,9 +329,13 @@ def _curves(run: RunData) -> str:
     overview = plots.metric_overview(run.records, stages, run.metric, run.higher_is_better)
     parts.append(png_figure(overview, f"validation {run.metric} of every stage"))
     for stage, role in stages:
-        png = plots.stage_curves(run.records, stage, run.metric, run.higher_is_better, f"stage {stage} ({role})")
+        png = plots.stage_curves(
+            run.records, stage, run.metric, run.higher_is_better, f"stage {stage} ({role})"
+        )
         if png is None:
-            parts.append(f"<p class='muted'>stage {esc(stage)} ({esc(role)}): nothing logged (skipped or not run yet).</p>")
+            parts.append(
+                f"<p class='muted'>stage {esc(stage)} ({esc(role)}): nothing logged (skipped or not run yet).</p>"
+            )
         else:
             parts.append(png_figure(png, f"curves of stage {stage}"))
     if not run.records:
@@ -322,9 +381,8 @@ def _metric_cell(manifest: dict[str, Any]) -> str:
         return "<span class='muted'>not measured</span>"
     drop = m.get("drop")
     cls = "good" if isinstance(drop, int | float) and drop <= 0 else "bad"
-    return (
-        f"{esc(m.get('name'))}: {fmt_num(m.get('pytorch'))} → {fmt_num(m.get('artifact'))}"
-        + (f"<br><span class='{cls}'>drop {fmt_num(drop)}</span>" if isinstance(drop, int | float) else "")
+    return f"{esc(m.get('name'))}: {fmt_num(m.get('pytorch'))} → {fmt_num(m.get('artifact'))}" + (
+        f"<br><span class='{cls}'>drop {fmt_num(drop)}</span>" if isinstance(drop, int | float) else ""
     )
 
 
@@ -348,17 +406,44 @@ def exports_side_by_side(exports: Sequence[ExportInfo], label: str = "") -> str:
         return "<p class='muted'>No exported artifacts yet: <code>kdtool export RUN --target onnx</code> adds one.</p>"
     fields: list[tuple[str, Any]] = [
         ("status", lambda m: badge(m.get("status", "?"))),
-        ("target", lambda m: esc(m.get("target", "?")) + (f"<br><span class='muted'>{esc(m['target_description'])}</span>" if m.get("target_description") else "")),
+        (
+            "target",
+            lambda m: (
+                esc(m.get("target", "?"))
+                + (
+                    f"<br><span class='muted'>{esc(m['target_description'])}</span>"
+                    if m.get("target_description")
+                    else ""
+                )
+            ),
+        ),
         ("format", lambda m: esc(m.get("format", "?"))),
         ("precision", lambda m: esc(m.get("precision", "?"))),
-        ("model", lambda m: esc(m.get("model", "?")) + (f" <span class='muted'>({esc(m.get('role'))})</span>" if m.get("role") else "")),
+        (
+            "model",
+            lambda m: (
+                esc(m.get("model", "?"))
+                + (f" <span class='muted'>({esc(m.get('role'))})</span>" if m.get("role") else "")
+            ),
+        ),
         ("size", lambda m: fmt_bytes(m.get("size_bytes"))),
         ("parity vs PyTorch", _parity),
         ("task metric", _metric_cell),
         ("latency (kdtool bench)", _bench_cell),
-        ("export time", lambda m: f"{m['export_seconds']:.1f} s" if isinstance(m.get("export_seconds"), int | float) else "–"),
+        (
+            "export time",
+            lambda m: (
+                f"{m['export_seconds']:.1f} s" if isinstance(m.get("export_seconds"), int | float) else "–"
+            ),
+        ),
         ("not verified", lambda m: "<br>".join(esc(x) for x in m.get("not_verified") or []) or "–"),
-        ("files", lambda m: "<br>".join(f"{esc(f.get('path'))} <span class='muted'>{fmt_bytes(f.get('bytes'))}</span>" for f in m.get("files") or [])),
+        (
+            "files",
+            lambda m: "<br>".join(
+                f"{esc(f.get('path'))} <span class='muted'>{fmt_bytes(f.get('bytes'))}</span>"
+                for f in m.get("files") or []
+            ),
+        ),
     ]
     headers = ["", *[e.folder for e in exports]]
     rows = [[f"<strong>{esc(name)}</strong>", *[fn(e.manifest) for e in exports]] for name, fn in fields]
@@ -393,7 +478,10 @@ def _environment(run: RunData) -> str:
     if plugins:
         out += "<h3>plugins</h3>" + table(
             ["plugin", "version", "distribution"],
-            [[esc(k), esc(v.get("version", "?")), esc(v.get("distribution", "?"))] for k, v in plugins.items()],
+            [
+                [esc(k), esc(v.get("version", "?")), esc(v.get("distribution", "?"))]
+                for k, v in plugins.items()
+            ],
         )
     return out
 
@@ -409,7 +497,8 @@ def render_run(run: RunData) -> str:
         f"({'higher' if run.higher_is_better else 'lower'} is better)</div>",
         "<nav><a href='#models'>models</a><a href='#curves'>curves</a><a href='#figures'>task figures</a>"
         "<a href='#exports'>exports</a><a href='#recipe'>recipe</a><a href='#environment'>environment</a>"
-        + ("<a href='#notes'>notes</a>" if run.notes else "") + "</nav>",
+        + ("<a href='#notes'>notes</a>" if run.notes else "")
+        + "</nav>",
         _highlights(run),
         "<h2 id='models'>Models</h2>",
         _models_table(run),
@@ -420,12 +509,15 @@ def render_run(run: RunData) -> str:
         "<h2 id='exports'>Exported artifacts</h2>",
         exports_side_by_side(run.exports),
         "<h2 id='recipe'>Recipe (resolved)</h2>",
-        f"<details open><summary>recipe.resolved.yaml</summary><pre>{esc(run.recipe_text)}</pre></details>",
+        f"<details open><summary>recipe.resolved.yaml</summary><pre class='recipe'>{esc(run.recipe_text)}</pre></details>",
         "<h2 id='environment'>Environment</h2>",
         _environment(run),
     ]
     if run.notes:
-        body += ["<h2 id='notes'>Notes</h2>", "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in run.notes) + "</ul>"]
+        body += [
+            "<h2 id='notes'>Notes</h2>",
+            "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in run.notes) + "</ul>",
+        ]
     return page(title, "\n".join(body))
 
 
@@ -442,14 +534,27 @@ def _recipe_value(run: RunData, key: str) -> Any:
 def _diff(a: RunData, b: RunData) -> str:
     lines = list(
         difflib.unified_diff(
-            a.recipe_text.splitlines(), b.recipe_text.splitlines(), fromfile=a.label, tofile=b.label, lineterm="", n=2
+            a.recipe_text.splitlines(),
+            b.recipe_text.splitlines(),
+            fromfile=a.label,
+            tofile=b.label,
+            lineterm="",
+            n=2,
         )
     )
     if not lines:
         return f"<p class='muted'>{esc(b.label)}: same resolved recipe as {esc(a.label)}.</p>"
     out = []
     for line in lines:
-        cls = "diff-hunk" if line.startswith("@@") else "diff-add" if line.startswith("+") else "diff-del" if line.startswith("-") else ""
+        cls = (
+            "diff-hunk"
+            if line.startswith("@@")
+            else "diff-add"
+            if line.startswith("+")
+            else "diff-del"
+            if line.startswith("-")
+            else ""
+        )
         out.append(f"<span class='{cls}'>{esc(line)}</span>" if cls else esc(line))
     return "<pre>" + "\n".join(out) + "</pre>"
 
@@ -460,9 +565,24 @@ def render_comparison(runs: Sequence[RunData]) -> str:
     metrics = {(r.metric, r.higher_is_better) for r in runs}
     notes = []
     if len(tasks) > 1 or len(metrics) > 1:
-        notes.append(f"the runs are of different tasks or metrics ({', '.join(sorted(str(t) for t in tasks))}): compare numbers with care")
-    headers = ["run", "task", "status", "created", "seed", "deployed model", "metric", "distillation gain", "params", "MACs",
-               "CPU latency p50", "training time", "exports"]
+        notes.append(
+            f"the runs are of different tasks or metrics ({', '.join(sorted(str(t) for t in tasks))}): compare numbers with care"
+        )
+    headers = [
+        "run",
+        "task",
+        "status",
+        "created",
+        "seed",
+        "deployed model",
+        "metric",
+        "distillation gain",
+        "params",
+        "MACs",
+        "CPU latency p50",
+        "training time",
+        "exports",
+    ]
     rows = []
     for r in runs:
         d = r.model(r.summary.get("deploy_model"))
@@ -509,14 +629,40 @@ def render_comparison(runs: Sequence[RunData]) -> str:
                     fmt_gain(m.gain, m.gain_baseline),
                 ]
             )
-    body.append(table(["run", "model", "role", "arch", "params", "MACs", "metric", "CPU latency p50", "distillation gain"], mrows, numeric=[4, 5, 7]))
+    body.append(
+        table(
+            [
+                "run",
+                "model",
+                "role",
+                "arch",
+                "params",
+                "MACs",
+                "metric",
+                "CPU latency p50",
+                "distillation gain",
+            ],
+            mrows,
+            numeric=[4, 5, 7],
+        )
+    )
     body.append("<h2 id='curves'>Validation curves</h2>")
     if len(metrics) == 1:
-        png = plots.comparison_curves([(r.label, r.records, _stages(r)) for r in runs], first.metric, first.higher_is_better)
-        body.append(png_figure(png, "validation curves of every run") or "<p class='muted'>No validation records.</p>")
+        png = plots.comparison_curves(
+            [(r.label, r.records, _stages(r)) for r in runs], first.metric, first.higher_is_better
+        )
+        body.append(
+            png_figure(png, "validation curves of every run") or "<p class='muted'>No validation records.</p>"
+        )
     else:
         for r in runs:
-            body.append(png_figure(plots.metric_overview(r.records, _stages(r), r.metric, r.higher_is_better), r.label, r.label))
+            body.append(
+                png_figure(
+                    plots.metric_overview(r.records, _stages(r), r.metric, r.higher_is_better),
+                    r.label,
+                    r.label,
+                )
+            )
     body.append("<h2 id='exports'>Exported artifacts</h2>")
     for r in runs:
         body.append(f"<h3>{esc(r.label)}</h3>")
@@ -525,9 +671,14 @@ def render_comparison(runs: Sequence[RunData]) -> str:
     body.append(f"<p class='muted'>Each run's resolved recipe against {esc(first.label)}'s.</p>")
     for r in runs[1:]:
         body.append(_diff(first, r))
-    body.append(f"<details><summary>{esc(first.label)}: recipe.resolved.yaml</summary><pre>{esc(first.recipe_text)}</pre></details>")
+    body.append(
+        f"<details><summary>{esc(first.label)}: recipe.resolved.yaml</summary><pre>{esc(first.recipe_text)}</pre></details>"
+    )
     all_notes = notes + [f"{r.label}: {n}" for r in runs for n in r.notes]
     all_notes += [f"{r.label}: {m.name}: {n}" for r in runs for m in r.models for n in m.measurement.notes]
     if all_notes:
-        body += ["<h2 id='notes'>Notes</h2>", "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in all_notes) + "</ul>"]
+        body += [
+            "<h2 id='notes'>Notes</h2>",
+            "<ul class='notes'>" + "".join(f"<li>{esc(n)}</li>" for n in all_notes) + "</ul>",
+        ]
     return page(f"kdtool: comparison of {len(runs)} runs", "\n".join(body))

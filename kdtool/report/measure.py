@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,43 +83,41 @@ def rnn_flops(module: nn.RNNBase, inputs: tuple[Any, ...]) -> int:
     return 2 * macs
 
 
+def module_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one call ``module(*inputs)``: FlopCounterMode, plus fused RNN kernels."""
+    counter = FlopCounterMode(display=False)
+    rnn_extra = [0]
+    before: list[int] = []
+
+    def pre(_m: nn.Module, _args: tuple[Any, ...]) -> None:
+        before.append(counter.get_total_flops())
+
+    def post(m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
+        if counter.get_total_flops() == before.pop() and isinstance(m, nn.RNNBase):
+            rnn_extra[0] += rnn_flops(m, args)
+
+    handles = []
+    for sub in module.modules():
+        if isinstance(sub, nn.RNNBase):
+            handles.append(sub.register_forward_pre_hook(pre))
+            handles.append(sub.register_forward_hook(post))
+    try:
+        with counter, torch.no_grad():
+            module(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return int(counter.get_total_flops()) + rnn_extra[0]
+
+
 def count_flops(spec: ExportSpec) -> dict[str, int]:
     """FLOPs of one call of each graph of ``spec`` at batch 1 (other axes at ``opt``)."""
-    out: dict[str, int] = {}
     generator = torch.Generator().manual_seed(0)
+    out: dict[str, int] = {}
     for graph in spec.graphs:
         sizes = {"batch": 1} if "batch" in graph.dynamic_axes else {}
-        inputs = graph.make_inputs(sizes, generator=generator)
-        counter = FlopCounterMode(display=False)
-        extra = [0]
-        handles = []
-
-        def make_hooks(counter: FlopCounterMode = counter) -> tuple[Callable[..., None], Callable[..., None]]:
-            seen: list[int] = []
-
-            def pre(_m: nn.Module, _inputs: tuple[Any, ...]) -> None:
-                seen.append(counter.get_total_flops())
-
-            def post(m: nn.Module, inputs: tuple[Any, ...], _out: Any) -> None:
-                before = seen.pop()
-                if counter.get_total_flops() == before and isinstance(m, nn.RNNBase):
-                    extra[0] += rnn_flops(m, inputs)
-
-            return pre, post
-
-        for module in graph.module.modules():
-            if isinstance(module, nn.RNNBase):
-                pre, post = make_hooks()
-                handles.append(module.register_forward_pre_hook(pre))
-                handles.append(module.register_forward_hook(post))
         graph.module.eval()
-        try:
-            with counter, torch.no_grad():
-                graph.module(*inputs)
-        finally:
-            for h in handles:
-                h.remove()
-        out[graph.name] = int(counter.get_total_flops()) + extra[0]
+        out[graph.name] = module_flops(graph.module, graph.make_inputs(sizes, generator=generator))
     return out
 
 
@@ -132,7 +131,7 @@ def cpu_latency(spec: ExportSpec, *, seconds: float = 0.5) -> tuple[float, float
     for name, info in infos.items():
         run = predictor.graphs[name]
         one = inputs_from_graph_info(info, 1, generator)
-        times = time_calls(lambda run=run, one=one: run(*one), warmup=3, min_calls=10, max_seconds=seconds)
+        times = time_calls(partial(run, *one), warmup=3, min_calls=10, max_seconds=seconds)
         p50 += float(np.percentile(times, 50))
         p90 += float(np.percentile(times, 90))
     return p50, p90
@@ -159,11 +158,32 @@ def measure_models(
     *,
     latency: bool = True,
     seconds: float = 0.5,
+    threads: int = 1,
     echo: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, ModelMeasurement]:
-    """Measure every model of the run that has weights; reuse and update the cache file."""
+    """Measure every model of the run that has weights; reuse and update the cache file.
+
+    Latency runs with ``threads`` intra-op threads (default 1: the number that stays stable
+    on a busy or shared machine, and what a phone app gives a model on one core)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        return _measure_models(run_dir, summary, spec_for, latency=latency, seconds=seconds, echo=echo)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure_models(
+    run_dir: Path,
+    summary: dict[str, Any],
+    spec_for: Callable[[str], ExportSpec],
+    *,
+    latency: bool,
+    seconds: float,
+    echo: Callable[[str], None],
+) -> dict[str, ModelMeasurement]:
     cache = _read_cache(run_dir)
-    machine = machine_key()
+    machine = machine_key()  # includes the thread count
     threads = torch.get_num_threads()
     results: dict[str, ModelMeasurement] = {}
     changed = False

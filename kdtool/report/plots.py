@@ -26,7 +26,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def series(records: Iterable[dict[str, Any]], stage: str, split: str, key: str) -> tuple[list[float], list[float]]:
+def series(
+    records: Iterable[dict[str, Any]], stage: str, split: str, key: str
+) -> tuple[list[float], list[float]]:
     """(steps, values) of ``key`` in the ``split`` records of ``stage``, in step order.
 
     A resumed run may log a step twice; the last record of a step wins."""
@@ -36,7 +38,7 @@ def series(records: Iterable[dict[str, Any]], stage: str, split: str, key: str) 
             continue
         value, step = rec.get(key), rec.get("step")
         if _finite(value) and _finite(step):
-            points[float(step)] = float(value)
+            points[float(step)] = float(value)  # type: ignore[arg-type]
     steps = sorted(points)
     return steps, [points[s] for s in steps]
 
@@ -88,7 +90,13 @@ def stage_curves(
             continue
         all_values.extend(values)
         label = term.removeprefix("loss/")
-        ax.plot(steps, values, label=label, linewidth=2.0 if label == "total" else 1.2, marker="." if len(steps) < 12 else None)
+        ax.plot(
+            steps,
+            values,
+            label=label,
+            linewidth=2.0 if label == "total" else 1.2,
+            marker="." if len(steps) < 12 else None,
+        )
     if all_values and _use_log(all_values):
         ax.set_yscale("log")
     ax.set_title("training losses (unweighted terms, weighted total)", fontsize=9)
@@ -102,9 +110,17 @@ def stage_curves(
         ax.plot(val_steps, val_values, marker="o", markersize=3, color="tab:green")
         best = max(val_values) if higher_is_better else min(val_values)
         ax.axhline(best, color="tab:green", alpha=0.3, linestyle=":")
-        ax.annotate(f"{val_values[-1]:.4g}", (val_steps[-1], val_values[-1]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{val_values[-1]:.4g}",
+            (val_steps[-1], val_values[-1]),
+            fontsize=8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     else:
-        ax.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.text(
+            0.5, 0.5, "no validation records", ha="center", va="center", transform=ax.transAxes, fontsize=9
+        )
     arrow = "higher is better" if higher_is_better else "lower is better"
     ax.set_title(f"validation {metric} ({arrow})", fontsize=9)
     ax.set_xlabel("step")
@@ -117,6 +133,21 @@ def stage_curves(
     ax.set_title("learning rate", fontsize=9)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
+    last = max(
+        [
+            *val_steps,
+            *lr_steps,
+            *(
+                series(records, stage, "train", t)[0][-1]
+                for t in terms
+                if series(records, stage, "train", t)[0]
+            ),
+        ],
+        default=0.0,
+    )
+    if last > 0:
+        for a in axes:  # one step axis for the three panels
+            a.set_xlim(0, last * 1.04)
     fig.suptitle(title, fontsize=10, x=0.01, ha="left")
     fig.tight_layout()
     return _png(fig)
@@ -132,7 +163,14 @@ def metric_overview(
         steps, values = series(records, stage, "val", metric)
         if not steps:
             continue
-        ax.plot(steps, values, label=f"{stage} ({role})", linestyle=_ROLE_STYLE.get(role, "-"), marker="o", markersize=3)
+        ax.plot(
+            steps,
+            values,
+            label=f"{stage} ({role})",
+            linestyle=_ROLE_STYLE.get(role, "-"),
+            marker="o",
+            markersize=3,
+        )
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -148,7 +186,9 @@ def metric_overview(
 
 
 def comparison_curves(
-    runs: Sequence[tuple[str, Sequence[dict[str, Any]], Sequence[tuple[str, str]]]], metric: str, higher_is_better: bool
+    runs: Sequence[tuple[str, Sequence[dict[str, Any]], Sequence[tuple[str, str]]]],
+    metric: str,
+    higher_is_better: bool,
 ) -> bytes | None:
     """Validation metric of every stage of every run: one colour per run, one line style per role.
 
