@@ -266,7 +266,7 @@ def collect_figures(run_dir: Path, notes: list[str]) -> list[FigureImage]:
                 continue
             seen.add(path.resolve())
             sub = path.parent.relative_to(fig_dir)
-            group = "figures" if str(sub) == "." else f"figures/{sub}"
+            group = "figures/" if str(sub) == "." else f"figures/{sub}/"
             fig = _load_image(path, run_dir, group, "", notes)
             if fig is not None:
                 figures.append(fig)

@@ -55,6 +55,7 @@ tbody tr:nth-child(even) td { background: #fafbfc; }
 .muted { color: var(--muted); }
 figure { margin: 10px 0 22px; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 4px; background: #fff; }
+img.zoomed { image-rendering: pixelated; }
 figcaption { color: var(--muted); font-size: 12.5px; margin-top: 4px; }
 pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
       font-size: 12.5px; overflow-x: auto; line-height: 1.35; }
@@ -130,10 +131,19 @@ def badge(status: Any) -> str:
     return f'<span class="badge {cls}">{esc(s)}</span>'
 
 
-def img_tag(data: bytes, mime: str, alt: str, width: int | None = None, height: int | None = None) -> str:
+def img_tag(
+    data: bytes, mime: str, alt: str, width: int | None = None, height: int | None = None, zoom: int = 1
+) -> str:
+    """An embedded image; ``zoom`` > 1 shows a small figure (e.g. 64-pixel tiles) enlarged, pixel-sharp."""
     encoded = base64.b64encode(data).decode("ascii")
-    size = f' width="{width}" height="{height}"' if width and height else ""
-    return f'<img src="data:{esc(mime)};base64,{encoded}" alt="{esc(alt)}"{size}>'
+    size = f' width="{width * zoom}" height="{height * zoom}"' if width and height else ""
+    style = ' class="zoomed"' if zoom > 1 else ""
+    return f'<img src="data:{esc(mime)};base64,{encoded}" alt="{esc(alt)}"{size}{style}>'
+
+
+def _zoom(width: int) -> int:
+    """Figures narrower than 320 px are shown 2-3x larger."""
+    return max(1, min(3, 640 // max(width, 1)))
 
 
 def png_figure(data: bytes | None, alt: str, caption: str = "") -> str:
@@ -179,7 +189,6 @@ def page(title: str, body: str) -> str:
 
 def _models_table(run: RunData) -> str:
     metric = run.metric
-    others = sorted({k for m in run.models for k in m.metrics if k != metric})
     headers = [
         "model",
         "role",
@@ -187,12 +196,11 @@ def _models_table(run: RunData) -> str:
         "params",
         "MACs (batch 1)",
         metric or "metric",
-        *others,
         "CPU latency p50 (p90)",
         "distillation gain",
         "training",
     ]
-    numeric = [3, 4, 5, *range(6, 6 + len(others)), 6 + len(others)]
+    numeric = [3, 4, 5, 6]
     rows = []
     for m in run.models:
         meas = m.measurement
@@ -218,13 +226,13 @@ def _models_table(run: RunData) -> str:
                 fmt_count(m.params) + (f"<br><span class='muted'>{m.params:,}</span>" if m.params else ""),
                 macs,
                 f"<strong>{fmt_num(m.primary)}</strong>",
-                *[fmt_num(m.metrics.get(k)) for k in others],
                 lat,
                 fmt_gain(m.gain, m.gain_baseline),
                 _training_cell(m),
             ]
         )
     out = table(headers, rows, numeric)
+    out += _all_metrics_table(run)
     notes = [(m.name, n) for m in run.models for n in m.measurement.notes]
     if notes:
         out += "<ul class='notes'>" + "".join(f"<li>{esc(n)}: {esc(t)}</li>" for n, t in notes) + "</ul>"
@@ -241,6 +249,22 @@ def _models_table(run: RunData) -> str:
     return out
 
 
+def _all_metrics_table(run: RunData) -> str:
+    """Every validation metric (rows) of every model (columns): tasks report many (per-class IoU)."""
+    names = [run.metric] + sorted({k for m in run.models for k in m.metrics if k != run.metric})
+    if len(names) < 2:
+        return ""
+    rows = [
+        [
+            f"<strong>{esc(k)}</strong>" if k == run.metric else esc(k),
+            *[fmt_num(m.metrics.get(k)) for m in run.models],
+        ]
+        for k in names
+    ]
+    body = table(["metric", *[m.name for m in run.models]], rows, numeric=list(range(1, len(run.models) + 1)))
+    return f"<details><summary>all validation metrics ({len(names)})</summary>{body}</details>"
+
+
 def _training_cell(m: ModelRow) -> str:
     parts = []
     if m.steps is not None or m.train_seconds is not None:
@@ -255,6 +279,12 @@ def _training_cell(m: ModelRow) -> str:
     if not m.has_weights:
         parts.append("<span class='bad'>no weights</span>")
     return "<br>".join(parts) or "–"
+
+
+def _size_ratio(ratio: float) -> str:
+    if ratio >= 1.05:
+        return f"{ratio:.1f}× smaller"
+    return "same size" if ratio > 0.95 else f"{1 / ratio:.1f}× larger"
 
 
 def _highlights(run: RunData) -> str:
@@ -274,7 +304,7 @@ def _highlights(run: RunData) -> str:
             cards.append(
                 (
                     "size vs teacher",
-                    f"{t.params / deploy.params:.1f}× smaller",
+                    _size_ratio(t.params / deploy.params),
                     f"{fmt_count(deploy.params)} vs {fmt_count(t.params)} params ({esc(t.name)})",
                 )
             )
@@ -355,7 +385,7 @@ def _figures(figures: Sequence[FigureImage]) -> str:
             if fig.description:
                 parts.append(f"<p class='muted'>{esc(fig.description)}</p>")
         parts.append(
-            f"<figure>{img_tag(fig.data, fig.mime, fig.title, fig.width, fig.height)}"
+            f"<figure>{img_tag(fig.data, fig.mime, fig.title, fig.width, fig.height, zoom=_zoom(fig.width))}"
             f"<figcaption>{esc(fig.title)} <span class='muted'>({esc(fig.source)})</span></figcaption></figure>"
         )
     return "".join(parts)
@@ -570,12 +600,9 @@ def render_comparison(runs: Sequence[RunData]) -> str:
         )
     headers = [
         "run",
-        "task",
-        "status",
-        "created",
+        "task, status, created",
         "seed",
         "deployed model",
-        "metric",
         "distillation gain",
         "params",
         "MACs",
@@ -589,13 +616,11 @@ def render_comparison(runs: Sequence[RunData]) -> str:
         total_train = sum(m.train_seconds or 0.0 for m in r.models)
         rows.append(
             [
-                f"<strong>{esc(r.label)}</strong><br><span class='muted'>{esc(r.run_dir)}</span>",
-                esc(r.summary.get("task", "?")),
-                badge(r.summary.get("status", "?")),
-                esc(r.summary.get("created", "?")),
+                f"<strong>{esc(r.label)}</strong><br><span class='muted' style='word-break:break-all'>{esc(r.run_dir)}</span>",
+                f"{esc(r.summary.get('task', '?'))} {badge(r.summary.get('status', '?'))}"
+                f"<br><span class='muted'>{esc(r.summary.get('created', '?'))}</span>",
                 esc(_recipe_value(r, "seed")),
-                esc(d.name if d else "–"),
-                f"{esc(r.metric)} <strong>{fmt_num(d.primary if d else None)}</strong>",
+                f"{esc(d.name if d else '–')}<br>{esc(r.metric)} <strong>{fmt_num(d.primary if d else None)}</strong>",
                 fmt_gain(d.gain if d else None, d.gain_baseline if d else None),
                 fmt_count(d.params if d else None),
                 fmt_count(d.measurement.macs if d else None),
@@ -610,7 +635,7 @@ def render_comparison(runs: Sequence[RunData]) -> str:
         "<nav><a href='#runs'>runs</a><a href='#models'>models</a><a href='#curves'>curves</a>"
         "<a href='#exports'>exports</a><a href='#recipes'>recipe differences</a></nav>",
         "<h2 id='runs'>Runs</h2>",
-        table(headers, rows, numeric=[8, 9, 10, 11]),
+        table(headers, rows, numeric=[2, 5, 6, 7, 8]),
         "<h2 id='models'>Every model</h2>",
     ]
     mrows = []
