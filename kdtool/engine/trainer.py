@@ -401,9 +401,11 @@ class Engine:
 
         train_set = self._dataset("train")
         per_rank = self._per_rank_batch(stage)
+        # Every stage sees the data in the same order (seeded by the recipe, not the stage), so
+        # a student and its baseline are paired sample for sample.
         sampler = EpochSampler(
             len(train_set),  # type: ignore[arg-type]
-            seed=recipe.seed + 7 * index,
+            seed=recipe.seed,
             rank=dist_info.rank,
             world_size=dist_info.world_size,
         )
