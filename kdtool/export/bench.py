@@ -172,29 +172,26 @@ def record_in_manifest(directory: Path, row: BenchRow) -> None:
 
 
 def int8_warnings(rows: list[BenchRow]) -> list[str]:
-    """INT8 artifacts that are not faster than an FP32 one of the same model, measured here."""
+    """INT8 artifacts that are not faster than a float one (FP32, or FP16 on GPUs) of the same
+    model, measured here. A reference of the same runtime is preferred."""
     out = []
     for row in rows:
         if row.precision != "int8" or row.latency_ms_p50 is None:
             continue
-        fp32 = [
+        floats = [
             r
             for r in rows
-            if r.model == row.model
-            and r.precision == "fp32"
-            and r.latency_ms_p50 is not None
-            and r.kind == row.kind
+            if r.model == row.model and r.precision in ("fp32", "fp16") and r.latency_ms_p50 is not None
         ]
-        fp32 = fp32 or [
-            r for r in rows if r.model == row.model and r.precision == "fp32" and r.latency_ms_p50 is not None
-        ]
-        for ref in fp32:
-            assert ref.latency_ms_p50 is not None
-            if row.latency_ms_p50 >= ref.latency_ms_p50:
-                out.append(
-                    f"{row.name}: INT8 is not faster than {ref.name} on this machine "
-                    f"({row.latency_ms_p50:.3f} ms vs {ref.latency_ms_p50:.3f} ms at batch 1): quantize/dequantize pairs "
-                    f"or float fallbacks dominate; check the manifest's op list, or keep FP32 here"
-                )
-                break
+        if not floats:
+            continue
+        floats.sort(key=lambda r: (r.kind != row.kind, r.latency_ms_p50 or 0.0))
+        ref = floats[0]
+        assert ref.latency_ms_p50 is not None
+        if row.latency_ms_p50 >= ref.latency_ms_p50:
+            out.append(
+                f"{row.name}: INT8 is not faster than {ref.name} ({ref.precision.upper()}) on this machine "
+                f"({row.latency_ms_p50:.3f} ms vs {ref.latency_ms_p50:.3f} ms at batch 1): quantize/dequantize pairs "
+                f"or float fallbacks dominate; check the manifest's op list, or keep {ref.precision.upper()} here"
+            )
     return out

@@ -85,8 +85,12 @@ def test_int8_static_qdq_per_channel(run_dir: Path) -> None:
     # per-channel weights: some DequantizeLinear has a 1-D scale with more than one element
     inits = {i.name: i for i in model.graph.initializer}
     per_channel = [
-        n for n in model.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[1] in inits and len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 1
+        and inits[n.input[1]].dims[0] > 1
     ]
     assert per_channel
     assert m["metric"]["drop"] < 0.1
@@ -94,14 +98,21 @@ def test_int8_static_qdq_per_channel(run_dir: Path) -> None:
 
 
 def test_option_precedence_cli_over_profile_over_recipe(run_dir: Path) -> None:
-    m = export(run_dir, "onnx-cpu-int8", options=["calibration=percentile", "calibration_samples=8"], out=run_dir / "x").manifest
+    m = export(
+        run_dir,
+        "onnx-cpu-int8",
+        options=["calibration=percentile", "calibration_samples=8"],
+        out=run_dir / "x",
+    ).manifest
     assert m["options"]["calibration"] == "percentile"  # cli beats the profile's minmax
     assert m["options"]["calibration_samples"] == 8  # cli beats the recipe's 32
     assert m["details"]["graphs"]["model"]["quantization"]["calibration_samples"] == 8
 
 
 def test_dynamic_int8_and_static_shapes(run_dir: Path) -> None:
-    m = export(run_dir, "onnx", precision="int8", options=["quantization=dynamic"], out=run_dir / "dyn").manifest
+    m = export(
+        run_dir, "onnx", precision="int8", options=["quantization=dynamic"], out=run_dir / "dyn"
+    ).manifest
     assert m["details"]["graphs"]["model"]["quantization"]["mode"] == "dynamic"
     m = export(run_dir, "onnx", batch=4, options=["shapes=static"], out=run_dir / "static").manifest
     model = onnx.load(str(run_dir / "static" / "model.onnx"))
@@ -144,9 +155,10 @@ def test_max_metric_drop_fails_and_keeps_the_marked_artifact(run_dir: Path) -> N
 
 
 def test_unsupported_op_names_the_op_and_target(run_dir: Path) -> None:
+    from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
+
     from kdtool.export.driver import RunContext
     from kdtool.export.exporter import ExportContext
-    from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 
     spec = RunContext(run_dir).export_spec("student")
 
@@ -155,19 +167,24 @@ def test_unsupported_op_names_the_op_and_target(run_dir: Path) -> None:
             return torch.special.zeta(image.flatten(1)[:, :10] + 2.0, torch.ones(1) * 3.0)
 
     spec.graphs[0].module = Zeta()
-    ctx = ExportContext(target="onnx-cpu", precision="fp32", require_artifact=lambda *_: None, log=lambda _m: None)  # type: ignore[arg-type,return-value]
+    ctx = ExportContext(
+        target="onnx-cpu", precision="fp32", require_artifact=lambda *_: None, log=lambda _m: None
+    )  # type: ignore[arg-type,return-value]
     with pytest.raises(ExportError, match=r"target 'onnx-cpu': cannot export op .*special_zeta"):
         OnnxExporter().export(spec, OnnxOptions(), run_dir / "zeta", ctx)
 
 
 def test_empty_calibration_data_is_an_error(run_dir: Path, tmp_path: Path) -> None:
+    from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
+
     from kdtool.export.driver import RunContext
     from kdtool.export.exporter import ExportContext
-    from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 
     spec = RunContext(run_dir).export_spec("student")
     spec.graphs[0].calibration_inputs = lambda n: iter(())
-    ctx = ExportContext(target="onnx-cpu-int8", precision="int8", require_artifact=lambda *_: None, log=lambda _m: None)  # type: ignore[arg-type,return-value]
+    ctx = ExportContext(
+        target="onnx-cpu-int8", precision="int8", require_artifact=lambda *_: None, log=lambda _m: None
+    )  # type: ignore[arg-type,return-value]
     with pytest.raises(ExportError, match="calibration data .* is empty"):
         OnnxExporter().export(spec, OnnxOptions(precision="int8", quantization="static"), tmp_path, ctx)
 
@@ -225,3 +242,18 @@ def test_cli_distill_export_eval_predict_bench(tmp_path: Path) -> None:
     assert manifest["bench"]  # results written back into the manifest
     bad = run_cli(["export", "--target", "onnx-cpux"], cwd=tmp_path)
     assert bad.returncode == 5 and "did you mean 'onnx-cpu'" in bad.stderr
+
+
+def test_int8_warning_compares_against_the_fastest_float_of_the_same_runtime() -> None:
+    from kdtool.export.bench import BenchRow, int8_warnings
+
+    def row(name: str, kind: str, precision: str, ms: float) -> BenchRow:
+        return BenchRow(name=name, kind=kind, model="student", precision=precision, size_bytes=1, latency_ms_p50=ms)
+
+    slow_int8 = [row("pt", "pytorch", "fp32", 5.0), row("ort", "onnxruntime", "fp32", 1.0), row("q", "onnxruntime", "int8", 1.2)]
+    warnings = int8_warnings(slow_int8)
+    assert len(warnings) == 1 and "not faster than ort (FP32)" in warnings[0]
+    fast_int8 = [row("ort", "onnxruntime", "fp32", 1.0), row("q", "onnxruntime", "int8", 0.6)]
+    assert int8_warnings(fast_int8) == []
+    trt = [row("f16", "tensorrt", "fp16", 0.5), row("f32", "tensorrt", "fp32", 0.9), row("i8", "tensorrt", "int8", 0.7)]
+    assert "(FP16)" in int8_warnings(trt)[0]
