@@ -52,6 +52,8 @@ class PluginInfo:
     builtin: bool = False
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
+    # What a loaded plugin's exporters still need: [{"exporter", "module", "install"}].
+    missing: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class PluginInfo:
             "api_version": self.api_version,
             "hooks": self.hooks,
             "registered": self.registered,
+            "missing": self.missing,
         }
 
 
@@ -278,6 +281,12 @@ class PluginManager:
                         self._warn(exc.message)
                         continue
                     info.registered.setdefault(target.kind, []).append(key)
+        for entry in regs.exporters.entries():
+            caps = getattr(entry.obj, "capabilities", None)
+            if caps is None:
+                continue
+            for module, install in caps.missing_requirements():
+                self.infos[entry.owner].missing.append({"exporter": entry.name, "module": module, "install": install})
         # exporter and target names share one namespace: `--target` takes either.
         for name in regs.targets.names():
             if name in regs.exporters:

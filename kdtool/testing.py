@@ -243,34 +243,52 @@ def check_loss(
     student = [i for i, n in enumerate(names) if i not in teacher and tensors[i].is_floating_point()]
     leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
     module.train()
-    out = c.call("forward", f"{cls.__name__}.forward(...)", module, *leaves)
-    c.require(
-        isinstance(out, torch.Tensor),
-        "return type",
-        f"forward returned {_type_name(out)}, not a torch.Tensor",
-        "return the loss as a 0-dim tensor; the engine weights, sums and back-propagates it",
+    raw = c.call("forward", f"{cls.__name__}.forward(...)", module, *leaves)
+    if isinstance(raw, Mapping) and raw:
+        # A multi-term loss may return named scalars; the task spreads them into its terms.
+        terms = dict(raw)
+    else:
+        c.require(
+            isinstance(raw, torch.Tensor),
+            "return type",
+            f"forward returned {_type_name(raw)}, not a torch.Tensor (or a dict of named scalar tensors)",
+            "return the loss as a 0-dim tensor; the engine weights, sums and back-propagates it",
+        )
+        terms = {"loss": raw}
+    for key, value in terms.items():
+        label = "forward" if key == "loss" and len(terms) == 1 else f"term {key!r}"
+        c.require(
+            isinstance(value, torch.Tensor),
+            "return type",
+            f"{label} is {_type_name(value)}, not a torch.Tensor",
+            "return tensors, not Python numbers",
+        )
+        c.require(
+            value.dim() == 0,
+            "scalar",
+            f"{label} returned a tensor of shape {tuple(value.shape)}, not a scalar",
+            "reduce it (mean or sum) to a 0-dim tensor",
+        )
+        c.require(value.is_floating_point(), "scalar", f"{label} has dtype {value.dtype}, not a float", "")
+        c.require(
+            bool(torch.isfinite(value.detach())),
+            "finite",
+            f"{label} is {float(value.detach())} on random inputs",
+            "guard logs and divisions (clamp_min, log_softmax) so random inputs give a finite value",
+        )
+        c.require(
+            value.requires_grad and value.grad_fn is not None,
+            "gradient",
+            f"{label}: the returned loss has no gradient (requires_grad is False), so training would not learn from it",
+            "compute it with torch operations on the inputs; do not call .item(), .detach(), float() or "
+            "torch.tensor(...) on the value you return",
+        )
+    c.ok(
+        "returns a finite scalar with a gradient: "
+        + ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in terms.items())
     )
-    c.require(
-        out.dim() == 0,
-        "scalar",
-        f"forward returned a tensor of shape {tuple(out.shape)}, not a scalar",
-        "reduce it (mean or sum) to a 0-dim tensor",
-    )
-    c.require(out.is_floating_point(), "scalar", f"forward returned dtype {out.dtype}, not a float", "")
-    c.require(
-        bool(torch.isfinite(out.detach())),
-        "finite",
-        f"forward returned {float(out.detach())} on random inputs",
-        "guard logs and divisions (clamp_min, log_softmax) so random inputs give a finite value",
-    )
-    c.ok(f"returns a finite scalar ({float(out.detach()):.4g})")
-    c.require(
-        out.requires_grad and out.grad_fn is not None,
-        "gradient",
-        "the returned loss has no gradient (requires_grad is False), so training would not learn from it",
-        "compute it with torch operations on the inputs; do not call .item(), .detach(), float() or "
-        "torch.tensor(...) on the value you return",
-    )
+    out = sum(terms.values())
+    assert isinstance(out, torch.Tensor)
     out.backward()
     grads = {names[i]: leaves[i].grad for i in student}
     params = [p for p in module.parameters() if p.requires_grad]
@@ -415,9 +433,25 @@ def check_target(profile: Any, *, registries: Any = None) -> ConformanceReport:
         {**profile.options, "precision": profile.precision},
         fix=f"use only options of {caps.name}: {', '.join(caps.options_model.model_fields)}",
     )
-    known = {"cpu_arch", "cuda", "compute_capability", "os"}
-    unknown = sorted(set(profile.machine) - known)
-    c.require(not unknown, "machine", f"unknown machine keys {unknown}", f"use only {sorted(known)}")
+    # Keys kdtool reads (other keys, e.g. "device", are descriptions for people).
+    known: dict[str, type] = {"cpu_arch": str, "cuda": bool, "compute_capability": str, "os": str}
+    wrong = [
+        f"{k}={v!r} (expected {known[k].__name__})"
+        for k, v in profile.machine.items()
+        if k in known and not isinstance(v, known[k])
+    ]
+    c.require(
+        not wrong,
+        "machine",
+        f"machine has values of the wrong type: {', '.join(wrong)}",
+        'e.g. machine={"cpu_arch": "aarch64", "compute_capability": "8.7"}',
+    )
+    try:
+        json.dumps(profile.machine)
+    except TypeError as exc:
+        raise c.fail(
+            "machine", f"machine is not JSON-serializable ({exc}); the manifest stores it", ""
+        ) from None
     here = c.call("machine", "verifiable_here()", profile.verifiable_here)
     c.ok(f"exporter {caps.name!r}, precision {profile.precision}, options valid; verifiable here: {here[0]}")
     return c.report
@@ -531,7 +565,7 @@ def check_exporter(
         f"registered object is {cls!r}, not a subclass of kdtool.Exporter",
         "subclass kdtool.Exporter and register the class",
     )
-    caps = getattr(cls, "capabilities", None)
+    caps: Any = getattr(cls, "capabilities", None)
     c.require(
         isinstance(caps, Capabilities),
         "capabilities",
@@ -1076,7 +1110,9 @@ def check_task(
                 batch,
                 ctx,
             )
-            _check_terms(c, where, stage, terms)
+            # A step that back-propagated itself (ctx.backward: e.g. the sandwich rule) may return
+            # detached terms for logging; otherwise the engine back-propagates their weighted sum.
+            _check_terms(c, where, stage, terms, differentiable=ctx.backward_calls == 0)
             if ctx.backward_calls == 0:
                 total = sum(v.float() * stage.loss_weight(k) for k, v in terms.items())
                 c.call(
@@ -1149,7 +1185,7 @@ def check_task(
     return c.report
 
 
-def _check_terms(c: _Checker, where: str, stage: Any, terms: Any) -> None:
+def _check_terms(c: _Checker, where: str, stage: Any, terms: Any, *, differentiable: bool) -> None:
     c.require(
         isinstance(terms, Mapping) and len(terms) > 0,
         "training_step",
@@ -1178,7 +1214,7 @@ def _check_terms(c: _Checker, where: str, stage: Any, terms: Any) -> None:
             "",
         )
         c.require(
-            value.requires_grad,
+            value.requires_grad or not differentiable,
             "gradient",
             f"{where}: loss {key!r} has no gradient (requires_grad is False)",
             "compute it from the trained model's outputs; do not detach it or build it with torch.tensor()",
@@ -1231,6 +1267,8 @@ def _check_spec(c: _Checker, where: str, task_name: str, spec: Any) -> None:
     except TypeError as exc:
         raise c.fail("export_spec", f"{where}: metadata is not JSON-serializable ({exc})", "") from None
     for g in spec.graphs:
+        # Output axes that no input has (CTC frames of a text line) follow from the inputs.
+        input_axes = {a for t in g.inputs for a in t.dynamic_axes().values()}
         c.require(
             isinstance(g.module, nn.Module),
             "export_spec",
@@ -1277,7 +1315,10 @@ def _check_spec(c: _Checker, where: str, task_name: str, spec: Any) -> None:
                     "",
                 )
                 for axis, (declared, got) in enumerate(zip(t.shape, value.shape, strict=True)):
-                    expected = declared if isinstance(declared, int) else sizes.get(declared)
+                    derived = isinstance(declared, str) and declared not in input_axes
+                    expected = (
+                        None if derived else declared if isinstance(declared, int) else sizes.get(declared)
+                    )
                     c.require(
                         expected is None or expected == got,
                         "export outputs",
@@ -1334,7 +1375,7 @@ def _resolve_exporter(exporter: Any, manager: Any) -> tuple[Any, str]:
         regs = manager.registries() if manager is not None else None
         return _resolve_registered(exporter, "exporters", "exporter", registries=regs)
     cls = exporter if inspect.isclass(exporter) else type(exporter)
-    caps = getattr(cls, "capabilities", None)
+    caps: Any = getattr(cls, "capabilities", None)
     return cls, getattr(caps, "name", None) or cls.__name__
 
 

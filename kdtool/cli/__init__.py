@@ -11,6 +11,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from kdtool import __version__
 from kdtool.cli.common import console, err_console
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except KdtoolError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]kdtool: {exc.kind}:[/] {exc}", markup=True)
+        err_console.print(f"[bold red]kdtool: {exc.kind}:[/] {escape(str(exc))}", markup=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if debug:
             raise
-        err_console.print(f"[bold red]kdtool: internal error:[/] {type(exc).__name__}: {exc}")
+        err_console.print(f"[bold red]kdtool: internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
         err_console.print("run again with --debug for the traceback, and please report it")
         return 70
     return 0

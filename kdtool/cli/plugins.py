@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from kdtool.cli.common import console, err_console
+from kdtool.cli.common import console
+from kdtool.errors import PluginError
 from kdtool.hookspecs import PLUGIN_API_VERSION
 from kdtool.plugins import DISABLE_ENV, get_plugin_manager
 
@@ -49,22 +51,28 @@ def plugins(
         registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
         status = info.status if info.status == "ok" else f"[red]{info.status}[/red]"
         table.add_row(
-            info.name,
-            info.version,
-            info.distribution or ("built in" if info.builtin else ""),
+            escape(info.name),
+            escape(info.version),
+            escape(info.distribution or ("built in" if info.builtin else "")),
             status,
             ", ".join(info.hooks),
-            registered or "-",
+            escape(registered) or "-",
         )
     console.print(table)
     for info in infos:
+        for need in info.missing:
+            console.print(
+                f"{info.name}: exporter {need['exporter']} needs {need['module']}, which is not installed; "
+                f"install: {need['install']}",
+                markup=False,
+            )
         if info.status != "ok":
-            line = f"[red]{info.name}[/red]: {info.status}: {info.error}"
+            line = f"[red]{escape(info.name)}[/red]: {info.status}: {escape(info.error)}"
             if info.hint:
-                line += f"\n  install/fix: {info.hint}"
+                line += f"\n  install/fix: {escape(info.hint)}"
             console.print(line)
     for conflict in manager.conflicts:
-        console.print(f"[red]conflict[/red]: {conflict} (block one with {DISABLE_ENV}=NAME)")
+        console.print(f"[red]conflict[/red]: {escape(conflict)} (block one with {DISABLE_ENV}=NAME)")
 
 
 @app.command("new")
@@ -87,12 +95,13 @@ def new(
         f"created {result.root}/: {kind} plugin {n.plugin!r} (distribution {n.distribution}, module {n.module})"
     )
     for path in result.files:
-        console.print(f"  {path.relative_to(result.root)}")
+        console.print(f"  {path.relative_to(result.root)}", markup=False)
     console.print(
         "next:\n"
         f"  cd {result.root}\n"
         '  pip install -e ".[test]"   # then `kdtool plugins` lists it\n'
-        "  python -m pytest            # runs kdtool's conformance kit on it"
+        "  python -m pytest            # runs kdtool's conformance kit on it",
+        markup=False,
     )
 
 
@@ -112,10 +121,10 @@ def docs(
 
     if check is not None:
         if not hookdocs.is_current(check):
-            err_console.print(
-                f"{check}: the hook reference is out of date; run `kdtool plugins docs --write {check}`"
+            raise PluginError(
+                f"{check}: the hook reference differs from kdtool/hookspecs.py",
+                hint=f"run `kdtool plugins docs --write {check}`",
             )
-            raise typer.Exit(1)
         console.print(f"{check}: hook reference is current")
         return
     if write is not None:

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from kdtool.cli.common import console
@@ -55,11 +56,11 @@ def targets(
     for r in rows:
         name = r["name"] + (f" (default for {', '.join(r['default_for'])})" if r["default_for"] else "")
         table.add_row(
-            name,
-            r["exporter"],
+            escape(name),
+            escape(r["exporter"]),
             r["precision"],
-            "yes" if r["verifiable_here"] else f"no: {r['why_not']}",
-            r["description"],
+            "yes" if r["verifiable_here"] else escape(f"no: {r['why_not']}"),
+            escape(r["description"]),
         )
     console.print(table)
 

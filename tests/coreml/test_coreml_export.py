@@ -285,10 +285,6 @@ def test_missing_coremltools_gives_the_install_hint(run_dir: Path, no_coremltool
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="needs core: `kdtool plugins` should print exporters' missing requirements (kdtool/cli/plugins.py)",
-    strict=False,
-)
 def test_missing_coremltools_hint_in_kdtool_plugins(no_coremltools: dict[str, str]) -> None:
     plugins = run_cli(["plugins", "--json"], env_extra=no_coremltools)
     info = {p["name"]: p for p in json.loads(plugins.stdout)["plugins"]}["coreml"]
