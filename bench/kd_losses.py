@@ -55,7 +55,9 @@ def accuracy(run_dir: Path, model: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's student epochs")
     parser.add_argument("--out", type=Path, default=Path("bench/results/kd_losses.json"))
@@ -72,21 +74,25 @@ def main() -> int:
     baseline_stage = next(s for s in base["stages"] if s["name"] == "baseline_student")
     if args.epochs:
         student_stage["epochs"] = baseline_stage["epochs"] = args.epochs
-    results: dict[str, list[float]] = {"baseline (CE only)": []}
+    losses = logit_losses()
+    results: dict[str, list[float]] = {"baseline (CE only)": [], **{f"CE + {loss}": [] for loss in losses}}
     for seed in args.seeds:
-        data = copy.deepcopy(base)
-        data.update(seed=seed, stages=[baseline_stage], deploy_model=None)
-        results["baseline (CE only)"].append(accuracy(run(data), "baseline_student"))
-    for loss in logit_losses():
-        key = f"CE + {loss}"
-        results[key] = []
-        for seed in args.seeds:
+        # one run per seed: every student and the baseline see the same data order (paired)
+        stages = []
+        for loss in losses:
             stage = copy.deepcopy(student_stage)
+            stage["name"] = f"student_{loss}"
             stage["teachers"] = [{"name": "teacher", "run": str(teacher_run), "model": "teacher"}]
             stage["losses"] = [{"name": "ce", "weight": 0.3}, {"name": "kd", "loss": loss, "weight": 0.7}]
-            data = copy.deepcopy(base)
-            data.update(seed=seed, stages=[stage], deploy_model=None)
-            results[key].append(accuracy(run(data), "student"))
+            stages.append(stage)
+        baseline = copy.deepcopy(baseline_stage)
+        baseline["baseline_for"] = stages[0]["name"]
+        data = copy.deepcopy(base)
+        data.update(seed=seed, stages=[*stages, baseline], deploy_model=None)
+        run_dir = run(data)
+        results["baseline (CE only)"].append(accuracy(run_dir, baseline["name"]))
+        for loss in losses:
+            results[f"CE + {loss}"].append(accuracy(run_dir, f"student_{loss}"))
     baseline = results["baseline (CE only)"]
     rows = []
     print(f"teacher accuracy: {teacher_acc:.4f}   seeds: {args.seeds}")
@@ -102,10 +108,16 @@ def main() -> int:
             "paired_diff_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
         }
         rows.append(row)
-        diff = "-" if key.startswith("baseline") else f"{row['paired_diff_mean']:+.4f} +- {row['paired_diff_std']:.4f}"
+        diff = (
+            "-"
+            if key.startswith("baseline")
+            else f"{row['paired_diff_mean']:+.4f} +- {row['paired_diff_std']:.4f}"
+        )
         print(f"{key:<24}{row['mean']:>14.4f}{row['std']:>8.4f}{diff:>26}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"teacher_accuracy": teacher_acc, "seeds": args.seeds, "rows": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"teacher_accuracy": teacher_acc, "seeds": args.seeds, "rows": rows}, indent=2) + "\n"
+    )
     print(f"wrote {args.out}")
     return 0
 
