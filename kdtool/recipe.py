@@ -183,6 +183,8 @@ class Recipe(_Strict):
     deploy_model: str | None = None
     runs_dir: str = "runs"
     num_workers: int = Field(default=0, ge=0)
+    # CPU threads for torch (None: torch's default, or OMP_NUM_THREADS where set).
+    threads: int | None = Field(default=None, ge=1)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     export: ExportDefaults = Field(default_factory=ExportDefaults)

@@ -228,6 +228,8 @@ class Engine:
         self.manager = manager or get_plugin_manager()
         self.registries = self.manager.registries()
         check_recipe_names(self.recipe, self.registries)
+        if self.recipe.threads is not None:
+            torch.set_num_threads(self.recipe.threads)
         self.dist = kdist.init_distributed(resolve_device(self.recipe.device).type)
         self.device = resolve_device(self.recipe.device, self.dist.local_rank)
         check_precision(self.recipe.precision, self.device)
