@@ -12,6 +12,7 @@ import math
 import platform
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,7 +390,11 @@ class Engine:
 
     def _train_stage(self, run_dir: Path, index: int, stage: StageConfig) -> None:
         recipe, task, dist_info, device = self.recipe, self.task, self.dist, self.device
-        built = build_model(task, self.registries, stage.model, recipe.models[stage.model])
+        # Initial weights depend on (seed, model name) only, so a student and its baseline start
+        # from the same weights; the training stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed * 1_000_003 + zlib.crc32(stage.model.encode()))
+            built = build_model(task, self.registries, stage.model, recipe.models[stage.model])
         model = built.module.to(device)
         teachers: dict[str, nn.Module] = {}
         for ref in stage.teachers:
