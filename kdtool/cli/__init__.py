@@ -70,7 +70,7 @@ _register_commands()
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("KDTOOL_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        result = app(args=argv, standalone_mode=False)
     except KdtoolError as exc:
         if debug:
             raise
@@ -92,4 +92,5 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]kdtool: internal error:[/] {type(exc).__name__}: {escape(str(exc))}")
         err_console.print("run again with --debug for the traceback, and please report it")
         return 70
-    return 0
+    # with standalone_mode=False, click returns a command's typer.Exit code instead of raising
+    return result if isinstance(result, int) else 0

@@ -70,6 +70,12 @@ class ClassificationData(TaskOptions):
         return self
 
 
+class StageOptions(TaskOptions):
+    """Per-stage options (``stages[].options``) of image_classification."""
+
+    labeled_fraction: float = Field(default=1.0, gt=0, le=1)
+
+
 class Normalized(nn.Module):
     """The deployable classifier: normalises [0, 1] pixels, then runs the network."""
 
@@ -95,6 +101,7 @@ class ClassificationTask(Task):
         super().__init__(options, data, seed=seed, cache_dir=cache_dir)
         self._splits: dict[str, Dataset[dict[str, Any]]] | None = None
         self.labels: list[str] = []
+        self._labeled_masks: dict[tuple[int, float], torch.Tensor] = {}
 
     # ------------------------------------------------------------ data
 
@@ -169,7 +176,7 @@ class ClassificationTask(Task):
         label_logits, kd_logits = logits, logits
         if logits.shape[-1] == 2 * num_classes:  # a dual-head student (DHO)
             label_logits, kd_logits = logits.split(num_classes, dim=-1)
-        labels = batch["label"]
+        labels = self._visible_labels(stage, batch)
         if bool((labels == UNLABELED).all()):
             ce = label_logits.sum() * 0.0  # keeps the graph; an all-unlabeled batch has no CE
         else:
@@ -183,6 +190,26 @@ class ClassificationTask(Task):
                 if term.loss is not None and term.name != "ce":
                     terms[term.name] = ctx.loss(term.name)(kd_logits, teacher_logits)
         return terms
+
+    def _visible_labels(self, stage: StageConfig, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's labels, hidden (set to UNLABELED) outside the stage's labelled subset.
+
+        ``stages[].options.labeled_fraction`` (default 1.0) keeps labels for a fixed, seeded
+        subset of the training samples: the classic semi-supervised regime where a teacher
+        (trained elsewhere, on more labels) teaches from every image."""
+        options = StageOptions.model_validate(stage.options)
+        labels = batch["label"]
+        if options.labeled_fraction >= 1.0:
+            return labels
+        n = len(self.build_dataset("train"))  # type: ignore[arg-type]
+        key = (n, options.labeled_fraction)
+        if key not in self._labeled_masks:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 4242))
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[order[: max(1, int(round(n * options.labeled_fraction)))]] = True
+            self._labeled_masks[key] = mask
+        keep = self._labeled_masks[key][batch["index"].cpu()].to(labels.device)
+        return torch.where(keep, labels, torch.full_like(labels, UNLABELED))
 
     def _teacher_input(self, teacher: nn.Module, image: torch.Tensor) -> torch.Tensor:
         if getattr(teacher, "kdtool_source", None) in EXTERNAL_SOURCES:
@@ -248,7 +275,7 @@ class ClassificationTask(Task):
         n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
         correct = 0
         nll = 0.0
-        batch = 128
+        batch = 64  # within the export spec's batch axis (max 64), so every runtime takes it
         for start in range(0, n, batch):
             items = [dataset[i] for i in range(start, min(n, start + batch))]
             images = torch.stack([it["image"] for it in items])
