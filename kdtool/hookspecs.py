@@ -76,6 +76,7 @@ def register_optimizers(register: Register) -> None:
     Schedules: ``register("schedule:eden", factory)`` (the ``schedule:`` prefix marks a
     schedule) with ``factory(optimizer, total_steps=..., steps_per_epoch=..., **options)``
     returning a ``torch.optim.lr_scheduler.LRScheduler`` stepped once per optimizer step.
+    Recipes name a schedule without the prefix: ``schedule: {name: eden}``.
     """
 
 

@@ -1,0 +1,58 @@
+"""kdtool_asr: TODM ("Train Once, Deploy Many", arXiv 2309.01947) for RNN-T speech recognition.
+
+Task ``asr_supernet`` (see :mod:`kdtool_asr.task` for the method and its open-point choices),
+architecture ``asr_supernet_rnnt`` (:mod:`kdtool_asr.models`), optimizer ``scaled_adam`` and
+schedule ``schedule:eden`` (:mod:`kdtool_asr.optim`), and the ``kdtool subnets`` command
+(:mod:`kdtool_asr.subnets`).
+
+Licenses: the embedded default data is synthesised with eSpeak NG, GPL-3.0-or-later, used
+through the optional PyPI package ``espeakng-loader`` (extra ``speech``) via ctypes; nothing of
+it is vendored. Without it, use ``data.source: librispeech`` or ``manifest``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdtool import hookimpl
+from kdtool.hookspecs import Register
+
+KDTOOL_PLUGIN_API = "1.0"
+
+
+@hookimpl
+def register_tasks(register: Register) -> None:
+    from .task import AsrSupernetTask
+
+    register("asr_supernet", AsrSupernetTask, description=AsrSupernetTask.description)
+
+
+@hookimpl
+def register_models(register: Register) -> None:
+    from .models import ARCHITECTURES
+
+    for name, (factory, description) in ARCHITECTURES.items():
+        register(name, factory, description=description)
+
+
+@hookimpl
+def register_optimizers(register: Register) -> None:
+    from .optim import eden, scaled_adam
+
+    register(
+        "scaled_adam",
+        scaled_adam,
+        description="ScaledAdam (icefall): RMS-scaled Adam with learnt scales and median clipping",
+    )
+    register(
+        "schedule:eden",
+        eden,
+        description="Eden schedule (icefall): decays with batches and epochs, linear warm-up",
+    )
+
+
+@hookimpl
+def register_commands(app: Any) -> None:
+    from .subnets import register_subnets_command
+
+    register_subnets_command(app)

@@ -1,0 +1,162 @@
+"""Transducer decoding over the three deploy graphs, and WER/CER.
+
+The decoders only call ``encoder``-side outputs, ``decoder`` and ``joiner`` callables on CPU
+tensors, so the same code decodes a PyTorch model and an ONNX Runtime session (what an app
+does). Stateless prediction network: ``decoder(context (B, ctx)) -> (B, J)``. LSTM:
+``decoder(token (B, 1), h, c) -> (out, h, c)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Graph = Callable[..., tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    blank: int
+    context_size: int
+    kind: str  # "stateless" or "lstm"
+    state_dim: int = 0
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any]) -> DecoderInfo:
+        post = metadata.get("postprocessing", {})
+        return cls(
+            blank=int(post.get("blank", 0)),
+            context_size=int(post.get("context_size", 2)),
+            kind=str(post.get("predictor", "stateless")),
+            state_dim=int(post.get("state_dim", 0)),
+        )
+
+
+class _DecoderState:
+    """Decoder inputs/outputs for a batch of hypotheses, for either predictor kind."""
+
+    def __init__(self, decoder: Graph, info: DecoderInfo, batch: int) -> None:
+        self.decoder, self.info = decoder, info
+        if info.kind == "stateless":
+            self.context = torch.full((batch, info.context_size), info.blank, dtype=torch.long)
+            (self.out,) = decoder(self.context)[:1]
+        else:
+            self.token = torch.full((batch, 1), info.blank, dtype=torch.long)
+            self.h = torch.zeros(1, batch, info.state_dim)
+            self.c = torch.zeros(1, batch, info.state_dim)
+            self.out, self.h, self.c = decoder(self.token, self.h, self.c)
+
+    def advance(self, tokens: torch.Tensor, emit: torch.Tensor) -> None:
+        """Feed ``tokens`` (B,) where ``emit`` (B,) is true; others keep their state."""
+        if self.info.kind == "stateless":
+            new_context = torch.cat([self.context[:, 1:], tokens[:, None]], 1)
+            self.context = torch.where(emit[:, None], new_context, self.context)
+            out = self.decoder(self.context)[0]
+            self.out = torch.where(emit[:, None], out, self.out)
+        else:
+            # the LSTM output is what it produced after reading the last emitted token
+            out, h, c = self.decoder(tokens[:, None], self.h, self.c)
+            self.out = torch.where(emit[:, None], out, self.out)
+            self.h = torch.where(emit[None, :, None], h, self.h)
+            self.c = torch.where(emit[None, :, None], c, self.c)
+
+
+def greedy_search(
+    encoder_out: torch.Tensor,
+    lengths: torch.Tensor,
+    decoder: Graph,
+    joiner: Graph,
+    info: DecoderInfo,
+    max_symbols_per_frame: int = 3,
+) -> list[list[int]]:
+    """Batched greedy transducer search: at each frame emit the argmax until it is blank
+    (or ``max_symbols_per_frame`` symbols). encoder_out (B, T, J), lengths (B,)."""
+    batch, frames, _ = encoder_out.shape
+    state = _DecoderState(decoder, info, batch)
+    hyps: list[list[int]] = [[] for _ in range(batch)]
+    for t in range(frames):
+        alive = lengths > t
+        if not bool(alive.any()):
+            break
+        enc_t = encoder_out[:, t]
+        for _ in range(max_symbols_per_frame):
+            logits = joiner(enc_t, state.out)[0]
+            tokens = logits.argmax(-1)
+            emit = alive & (tokens != info.blank)
+            if not bool(emit.any()):
+                break
+            for b in torch.nonzero(emit).flatten().tolist():
+                hyps[b].append(int(tokens[b]))
+            state.advance(tokens, emit)
+            alive = emit
+    return hyps
+
+
+def beam_search(
+    encoder_out: torch.Tensor,
+    length: int,
+    decoder: Graph,
+    joiner: Graph,
+    info: DecoderInfo,
+    beam: int = 4,
+) -> list[int]:
+    """Modified beam search (at most one symbol per frame, as in icefall/sherpa) for one
+    utterance: encoder_out (1, T, J) or (T, J)."""
+    enc = encoder_out.reshape(-1, encoder_out.shape[-1])[:length]
+    hyps: dict[tuple[int, ...], float] = {(): 0.0}
+    states: dict[tuple[int, ...], _DecoderState] = {(): _DecoderState(decoder, info, 1)}
+    for t in range(enc.shape[0]):
+        keys = list(hyps)
+        dec_out = torch.cat([states[k].out for k in keys], 0)
+        logp = torch.log_softmax(joiner(enc[t : t + 1].expand(len(keys), -1), dec_out)[0].float(), -1)
+        scores = torch.tensor([hyps[k] for k in keys])[:, None] + logp
+        top = torch.topk(scores.flatten(), min(beam, scores.numel()))
+        new: dict[tuple[int, ...], float] = {}
+        new_states: dict[tuple[int, ...], _DecoderState] = {}
+        vocab = logp.shape[1]
+        for score, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            k, tok = keys[flat // vocab], flat % vocab
+            key = k if tok == info.blank else (*k, tok)
+            if key in new:  # merge equal prefixes (log-add)
+                new[key] = float(torch.logaddexp(torch.tensor(new[key]), torch.tensor(score)))
+                continue
+            new[key] = score
+            if tok == info.blank:
+                new_states[key] = states[k]
+            else:
+                st = _copy_state(states[k])
+                st.advance(torch.tensor([tok]), torch.tensor([True]))
+                new_states[key] = st
+        hyps, states = new, new_states
+    return list(max(hyps, key=lambda k: hyps[k]))
+
+
+def _copy_state(state: _DecoderState) -> _DecoderState:
+    new = object.__new__(_DecoderState)
+    new.__dict__.update(state.__dict__)
+    return new
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    """Corpus WER and CER (errors / reference words or characters)."""
+    word_err = sum(edit_distance(r.split(), h.split()) for r, h in zip(refs, hyps, strict=True))
+    words = sum(len(r.split()) for r in refs)
+    char_err = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps, strict=True))
+    chars = sum(len(r) for r in refs)
+    return {"wer": word_err / max(1, words), "cer": char_err / max(1, chars)}

@@ -1,0 +1,319 @@
+"""Subnet extraction and ``kdtool subnets RUN``: deploy many models from one supernet.
+
+``kdtool subnets RUN`` lists every subnet of the run's supernet (the search space's layers x
+heads x ffn choices) with its parameters, validation WER and latency measured on this
+machine (encoder plus greedy decoding of a fixed validation utterance, PyTorch, batch 1,
+median of repeats), keeps the table in ``RUN/subnets/table.json`` (reused when the machine
+and settings match), and writes a size-vs-WER and latency-vs-WER Pareto plot
+``RUN/subnets/pareto.png``. With ``--max-latency-ms X`` and/or ``--max-params N`` it picks
+the most accurate subnet within the budget and adds it to the run's ``summary.json`` as a
+model (role ``subnet``) that ``kdtool export --model NAME`` extracts.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import torch
+import typer
+
+from kdtool.io import read_json, save_weights, write_json
+from kdtool.task import Predictor
+
+from .models import Subnet, SupernetRNNT
+
+if TYPE_CHECKING:
+    from .task import AsrSupernetTask
+
+
+def build_subnet_model(
+    supernet: SupernetRNNT, options: dict[str, Any], sub: Subnet
+) -> tuple[SupernetRNNT, dict[str, Any]]:
+    """A standalone model holding copies of ``sub``'s slices of ``supernet``, and its options."""
+    sub_options = supernet.subnet_options(options, sub)
+    model = SupernetRNNT(**sub_options)
+    model.load_state_dict(supernet.extract(sub))
+    return model.eval(), sub_options
+
+
+def write_subnet_model(
+    task: AsrSupernetTask,
+    run_dir: Path,
+    stage_name: str,
+    supernet: SupernetRNNT,
+    config: dict[str, Any],
+    sub: Subnet,
+    name: str,
+    *,
+    label: str,
+    eval_limit: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``models/NAME.safetensors`` + ``.json`` for a subnet, evaluate it, return its
+    summary entry (role ``subnet``)."""
+    model, sub_options = build_subnet_model(supernet, config["options"], sub)
+    weights = run_dir / "models" / f"{name}.safetensors"
+    config_path = run_dir / "models" / f"{name}.json"
+    save_weights(model, weights)
+    write_json(
+        config_path,
+        {
+            "arch": config["arch"],
+            "options": sub_options,
+            "task": task.name,
+            "stage": stage_name,
+            "role": "subnet",
+            "subnet": sub.to_dict(),
+        },
+    )
+    metrics = task.evaluate(task.predictor(model, name), "val", limit=eval_limit)
+    return {
+        "role": "subnet",
+        "supernet": stage_name,
+        "subnet": {**sub.to_dict(), "label": label},
+        "model": name,
+        "arch": config["arch"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "metrics": metrics,
+        "weights": str(weights.relative_to(run_dir)),
+        "config": str(config_path.relative_to(run_dir)),
+        **(extra or {}),
+    }
+
+
+def measure_latency(predictor: Predictor, features: torch.Tensor, *, repeats: int = 5) -> float:
+    """Median milliseconds of encoder + greedy decoding of one utterance (batch 1)."""
+    from .decoding import DecoderInfo
+    from .task import decode_batch
+
+    info = DecoderInfo.from_metadata(predictor.metadata)
+    lengths = torch.tensor([features.shape[1]])
+
+    def once() -> float:
+        start = time.perf_counter()
+        enc, enc_lens = predictor.graphs["encoder"](features, lengths)[:2]
+        decode_batch(predictor, enc, enc_lens, info, beam=0, max_symbols=3)
+        return (time.perf_counter() - start) * 1000
+
+    once()  # warm-up
+    return statistics.median(once() for _ in range(repeats))
+
+
+def pareto(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Rows not dominated in (key, wer): no other row is at most as large and more accurate."""
+    front = []
+    for r in sorted(rows, key=lambda r: (r[key], r["wer"])):
+        if not front or r["wer"] < front[-1]["wer"]:
+            front.append(r)
+    return front
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path, named: dict[str, str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, xlabel in (
+        (axes[0], "params", "parameters"),
+        (axes[1], "latency_ms", "latency (ms, this machine)"),
+    ):
+        ax.scatter(
+            [r[key] for r in rows], [100 * r["wer"] for r in rows], s=18, c="tab:gray", label="subnets"
+        )
+        front = pareto(rows, key)
+        ax.plot(
+            [r[key] for r in front],
+            [100 * r["wer"] for r in front],
+            "-o",
+            c="tab:red",
+            ms=4,
+            label="Pareto front",
+        )
+        for r in rows:
+            if r["label"] in named:
+                ax.annotate(named[r["label"]], (r[key], 100 * r["wer"]), fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("WER (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("TODM supernet: subnets, size and latency vs WER")
+    fig.tight_layout()
+    from kdtool.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def subnets_table(
+    run: Path | None, *, eval_limit: int | None, repeats: int, refresh: bool, echo: Any = print
+) -> tuple[Any, str, SupernetRNNT, dict[str, Any], list[dict[str, Any]]]:
+    from kdtool.errors import RunError
+    from kdtool.export.driver import RunContext
+
+    ctx = RunContext(run)
+    task = ctx.task
+    stages = [
+        n
+        for n, m in ctx.summary.get("models", {}).items()
+        if m.get("role") == "supernet" and m.get("weights")
+    ]
+    if not stages:
+        raise RunError(f"run {ctx.run_dir} has no finished supernet stage (role 'supernet')")
+    stage_name = stages[0]
+    entry = ctx.summary["models"][stage_name]
+    config = read_json(ctx.run_dir / entry["config"], what="model config")
+    supernet, _ = ctx.registries.models.get(config["arch"]), None
+    from kdtool.io import load_weights
+
+    supernet = SupernetRNNT(**config["options"])
+    supernet.load_state_dict(load_weights(ctx.run_dir / entry["weights"]))
+    supernet.eval()
+    table_path = ctx.run_dir / "subnets" / "table.json"
+    key = {
+        "machine": platform.node(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
+        "eval_limit": eval_limit,
+        "weights": entry["weights"],
+    }
+    cached: dict[str, Any] = {}
+    if table_path.exists() and not refresh:
+        stored = read_json(table_path, what="subnet table")
+        if stored.get("key") == key:
+            cached = {r["label"]: r for r in stored.get("rows", [])}
+    dataset = task.build_dataset("val")
+    features = dataset.features(0)[None]  # type: ignore[attr-defined]
+    rows = []
+    subnets = supernet.all_subnets()
+    for i, sub in enumerate(subnets):
+        if sub.label in cached:
+            rows.append(cached[sub.label])
+            continue
+        model, _ = build_subnet_model(supernet, config["options"], sub)
+        predictor = task.predictor(model, sub.label)
+        metrics = task.evaluate(predictor, "val", limit=eval_limit)
+        latency = measure_latency(predictor, features, repeats=repeats)
+        rows.append(
+            {
+                "label": sub.label,
+                **sub.to_dict(),
+                "params": sum(p.numel() for p in model.parameters()),
+                "wer": metrics["wer"],
+                "cer": metrics["cer"],
+                "latency_ms": round(latency, 3),
+            }
+        )
+        echo(
+            f"[{i + 1}/{len(subnets)}] {sub.label}: {rows[-1]['params']:,} params, WER {100 * metrics['wer']:.2f}%, "
+            f"{latency:.1f} ms"
+        )
+    write_json(table_path, {"key": key, "utterance_frames": int(features.shape[1]), "rows": rows})
+    return ctx, stage_name, supernet, config, rows
+
+
+def register_subnets_command(app: typer.Typer) -> None:
+    @app.command("subnets")
+    def subnets(
+        run: Annotated[Path | None, typer.Argument(help="Run directory (default: runs/latest).")] = None,
+        max_latency_ms: Annotated[
+            float | None, typer.Option("--max-latency-ms", help="Latency budget on this machine.")
+        ] = None,
+        max_params: Annotated[int | None, typer.Option("--max-params", help="Parameter budget.")] = None,
+        name: Annotated[
+            str | None, typer.Option("--name", help="Model name for the pick (default: <stage>-<subnet>).")
+        ] = None,
+        eval_limit: Annotated[
+            int | None, typer.Option("--eval-limit", help="Validation utterances per subnet.")
+        ] = None,
+        repeats: Annotated[int, typer.Option("--repeats", help="Latency repeats (median).")] = 5,
+        refresh: Annotated[
+            bool, typer.Option("--refresh", help="Re-measure even if the table is cached.")
+        ] = False,
+    ) -> None:
+        """List a supernet run's subnets (params, WER, latency here), plot the Pareto fronts,
+        and with a budget add the most accurate subnet within it to the run as a model."""
+        from rich.table import Table
+
+        from kdtool.cli.common import console
+        from kdtool.engine.rundir import read_summary, write_summary
+        from kdtool.errors import RunError
+
+        ctx, stage_name, supernet, config, rows = subnets_table(
+            run, eval_limit=eval_limit, repeats=repeats, refresh=refresh, echo=console.print
+        )
+        named = {
+            supernet.largest.label: "largest",
+            supernet.middle.label: "middle",
+            supernet.smallest.label: "smallest",
+        }
+        plot = ctx.run_dir / "subnets" / "pareto.png"
+        plot_pareto(rows, plot, named)
+        table = Table(title=f"subnets of {stage_name} ({ctx.run_dir})")
+        for col in ("subnet", "layers", "heads", "ffn", "params", "WER %", "CER %", "latency ms", "Pareto"):
+            table.add_column(col)
+        front = {r["label"] for r in pareto(rows, "latency_ms")} | {
+            r["label"] for r in pareto(rows, "params")
+        }
+        for r in sorted(rows, key=lambda r: r["params"]):
+            table.add_row(
+                r["label"] + (f" ({named[r['label']]})" if r["label"] in named else ""),
+                str(r["layers"]),
+                str(r["heads"]),
+                str(r["ffn"]),
+                f"{r['params']:,}",
+                f"{100 * r['wer']:.2f}",
+                f"{100 * r['cer']:.2f}",
+                f"{r['latency_ms']:.1f}",
+                "*" if r["label"] in front else "",
+            )
+        console.print(table)
+        console.print(f"Pareto plot: {plot}")
+        if max_latency_ms is None and max_params is None:
+            return
+        fits = [
+            r
+            for r in rows
+            if (max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
+            and (max_params is None or r["params"] <= max_params)
+        ]
+        if not fits:
+            raise RunError(
+                f"no subnet fits the budget (latency <= {max_latency_ms} ms, params <= {max_params}); fastest is "
+                f"{min(r['latency_ms'] for r in rows):.1f} ms, smallest {min(r['params'] for r in rows):,} params"
+            )
+        best = min(fits, key=lambda r: (r["wer"], r["latency_ms"]))
+        sub = Subnet(best["layers"], best["heads"], best["ffn"])
+        model_name = name or f"{stage_name}-{sub.label}"
+        entry = write_subnet_model(
+            ctx.task,
+            ctx.run_dir,
+            stage_name,
+            supernet,
+            config,
+            sub,
+            model_name,
+            label=sub.label,
+            eval_limit=eval_limit,
+            extra={
+                "picked_by": {
+                    "max_latency_ms": max_latency_ms,
+                    "max_params": max_params,
+                    "latency_ms": best["latency_ms"],
+                    "machine": platform.node(),
+                }
+            },
+        )
+        summary = read_summary(ctx.run_dir)
+        summary["models"][model_name] = entry
+        write_summary(ctx.run_dir, summary)
+        console.print(
+            f"picked {sub.label}: WER {100 * best['wer']:.2f}%, {best['latency_ms']:.1f} ms, {best['params']:,} params "
+            f"-> model {model_name!r}; export it with `kdtool export {ctx.run_dir} --target onnx --model {model_name}`"
+        )

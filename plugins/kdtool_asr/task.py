@@ -1,0 +1,675 @@
+"""Task ``asr_supernet``: TODM, "Train Once, Deploy Many" RNN-T models (arXiv 2309.01947).
+
+Stages:
+- ``supernet`` role: the sandwich rule each step. The largest subnet trains on the RNN-T loss
+  (term ``rnnt``); its lattice logits, detached, are the soft targets of ``num_random`` random
+  subnets and the smallest one, trained by in-place alpha-divergence KD (term ``kd``; the
+  recipe's ``{name: kd, loss: alpha_div}`` builds the clipped AlphaNet divergence, a- = -1,
+  a+ = +1, ratio term clipped at 5, surrogate gradient). Each forward is back-propagated
+  at once (``ctx.backward``), one optimizer step per sandwich.
+- any other role (``baseline``, ``teacher``, ``student``): the model alone on the RNN-T loss
+  (the baseline is the smallest subnet's architecture trained alone for the same steps).
+
+Choices for the method's open points (all recipe options, stage ``options`` unless noted):
+- Adaptive dropout: p(subnet) = dropout_min + (dropout_max - dropout_min) * f ** dropout_power,
+  f = (params - params_smallest) / (params_largest - params_smallest): the largest gets
+  ``dropout_max``, the smallest ``dropout_min``.
+- KD target: the collapsed 3-class lattice distribution (``kd_distribution: collapsed``) on
+  nodes with a next label; ``full`` distils the whole joiner output instead.
+- Sampled subnets learn from KD only (``subnet_rnnt_weight: 0``, as AlphaNet); a positive
+  weight adds their own RNN-T loss.
+- Named subnets reported and exportable: largest, middle (the middle choice of each
+  dimension) and smallest (``named_subnets`` overrides).
+- Gradient clipping: ScaledAdam's own (see :mod:`kdtool_asr.optim`), no stage ``grad_clip``.
+
+Data (``data`` section): ``source: espeak`` (default; eSpeak NG speech synthesised at run
+time, GPL-3, optional extra ``speech``: see :mod:`kdtool_asr.synth`), ``librispeech``
+(``root``/``val_root`` in the LibriSpeech layout) or ``manifest`` (JSONL). Front end: 80-dim
+log-mel (:mod:`kdtool_asr.audio`), SpecAugment on training features, global mean/variance
+normalisation fitted on the training set and stored in the model (inside the encoder graph).
+
+Export: three graphs (encoder with dynamic time, stateless decoder over its context or LSTM
+decoder with explicit state, joiner); vocabulary, feature settings, blank id and context size
+travel in the metadata. Length bucketing is used for evaluation batches; training batches
+come from the engine's shuffling sampler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+from torch.utils.data import Dataset
+
+from kdtool.errors import DataError, RecipeError
+from kdtool.export.spec import (
+    DeployMetadata,
+    DynamicAxis,
+    ExportSpec,
+    GraphSpec,
+    QuantizationHints,
+    TensorSpec,
+)
+from kdtool.recipe import StageConfig
+from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+
+from .audio import FEATURE_DEFAULTS, LogMel, read_audio
+from .data import (
+    AsrDataset,
+    CharTokenizer,
+    SpecAugment,
+    Utterance,
+    collate,
+    espeak_set,
+    jsonl_manifest,
+    length_buckets,
+    librispeech,
+)
+from .decoding import DecoderInfo, beam_search, error_rates, greedy_search
+from .losses import lattice_kd, rnnt_loss
+from .models import KernelConv, Subnet, SupernetRNNT
+from .synth import words as synth_words
+
+
+class AsrData(TaskOptions):
+    source: Literal["espeak", "librispeech", "manifest"] = "espeak"
+    # espeak
+    num_train: int = Field(default=1200, ge=8)
+    num_val: int = Field(default=200, ge=4)
+    kinds: list[Literal["digits", "words"]] = Field(default_factory=lambda: ["digits", "words"])
+    noise_snr_db: tuple[float, float] | None = (10.0, 30.0)
+    # librispeech / manifest
+    root: str | None = None
+    val_root: str | None = None
+    train_manifest: str | None = None
+    val_manifest: str | None = None
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    max_duration: float = Field(default=20.0, gt=0)
+    features: dict[str, Any] = Field(default_factory=dict)
+    augment: bool = True
+    spec_augment: dict[str, Any] = Field(default_factory=dict)
+    stats_utterances: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _sources(self) -> AsrData:
+        if self.source == "librispeech" and not self.root:
+            raise ValueError("source 'librispeech' needs 'root' (root/SPEAKER/CHAPTER/*.flac + *.trans.txt)")
+        if self.source == "manifest" and not self.train_manifest:
+            raise ValueError("source 'manifest' needs 'train_manifest' (JSONL: audio, text, duration)")
+        unknown = set(self.features) - set(FEATURE_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown features keys {sorted(unknown)}; known: {sorted(FEATURE_DEFAULTS)}")
+        try:
+            SpecAugment(**self.spec_augment)
+        except TypeError as exc:
+            raise ValueError(f"spec_augment: {exc}") from None
+        return self
+
+
+class AsrOptions(TaskOptions):
+    beam: int = Field(
+        default=0, ge=0, description="evaluation decoding: 0 = greedy, else modified beam search"
+    )
+    max_symbols_per_frame: int = Field(default=3, ge=1)
+    eval_batch_size: int = Field(default=32, ge=1)
+
+
+class StageOptions(BaseModel):
+    """``stages[].options`` of this task."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_random: int = Field(default=2, ge=0)
+    kd_distribution: Literal["collapsed", "full"] = "collapsed"
+    subnet_rnnt_weight: float = Field(default=0.0, ge=0)
+    dropout_max: float = Field(default=0.1, ge=0, lt=1)
+    dropout_min: float = Field(default=0.0, ge=0, lt=1)
+    dropout_power: float = Field(default=1.0, gt=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="fixed rate for non-supernet stages")
+    named_subnets: dict[str, dict[str, int]] | None = None
+
+
+def _unwrap(model: nn.Module) -> SupernetRNNT:
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, SupernetRNNT):
+        raise RecipeError(f"task asr_supernet needs an asr_supernet_rnnt model, got {type(inner).__name__}")
+    return inner
+
+
+# --------------------------------------------------------------------------- export graphs
+
+
+class EncoderGraph(nn.Module):
+    """features (B, T, mels) log-mel, lengths (B,) -> encoder_out (B, T', J), lengths (B,)."""
+
+    def __init__(self, model: SupernetRNNT, subnet: Subnet, kernel_frames: int) -> None:
+        super().__init__()
+        self.model = model
+        self.subnet = subnet
+        self.convs = nn.ModuleList(
+            model.blocks[i].export_conv(subnet.heads, kernel_frames) for i in range(subnet.layers)
+        )
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        convs: list[KernelConv] = list(self.convs)  # type: ignore[arg-type]
+        return self.model.encode(features, lengths, self.subnet, 0.0, convs)
+
+
+class StatelessDecoderGraph(nn.Module):
+    def __init__(self, model: SupernetRNNT) -> None:
+        super().__init__()
+        self.predictor = model.predictor
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.predictor.step(context)  # type: ignore[operator]
+
+
+class LSTMDecoderGraph(nn.Module):
+    def __init__(self, model: SupernetRNNT) -> None:
+        super().__init__()
+        self.predictor = model.predictor
+
+    def forward(self, token: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.predictor.step(token, h, c)  # type: ignore[operator]
+
+
+class JoinerGraph(nn.Module):
+    def __init__(self, model: SupernetRNNT) -> None:
+        super().__init__()
+        self.out = model.joiner_out
+
+    def forward(self, encoder_out: torch.Tensor, decoder_out: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(encoder_out + decoder_out))
+
+
+# --------------------------------------------------------------------------- task
+
+
+class AsrSupernetTask(Task):
+    name = "asr_supernet"
+    description = "ASR: TODM supernet RNN-T (S4D encoder), sandwich rule + in-place alpha-divergence KD"
+    Options = AsrOptions
+    DataOptions = AsrData
+    primary_metric = PrimaryMetric("wer", higher_is_better=False)
+
+    options: AsrOptions
+    data: AsrData
+
+    def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
+        super().__init__(options, data, seed=seed, cache_dir=cache_dir)
+        self._items: dict[str, list[Utterance]] | None = None
+        self._datasets: dict[str, AsrDataset] = {}
+        self.tokenizer: CharTokenizer | None = None
+        self._stats: tuple[list[float], list[float]] | None = None
+        self._subnet_params: dict[tuple[int, Subnet], int] = {}
+
+    # ------------------------------------------------------------ data
+
+    @property
+    def features(self) -> dict[str, Any]:
+        return {**FEATURE_DEFAULTS, **self.data.features}
+
+    def _load(self) -> dict[str, list[Utterance]]:
+        if self._items is not None:
+            return self._items
+        d = self.data
+        if d.source == "espeak":
+            common = {"kinds": list(d.kinds), "noise_snr_db": d.noise_snr_db, "cache_dir": self.cache_dir}
+            train = espeak_set(count=d.num_train, seed=1000 + self.seed, **common)  # type: ignore[arg-type]
+            val = espeak_set(count=d.num_val, seed=999_999, **common)  # type: ignore[arg-type]
+        else:
+            if d.source == "librispeech":
+                assert d.root is not None
+                train = librispeech(Path(d.root), d.max_duration)
+                val = librispeech(Path(d.val_root), d.max_duration) if d.val_root else None
+            else:
+                assert d.train_manifest is not None
+                train = jsonl_manifest(Path(d.train_manifest), d.max_duration)
+                val = jsonl_manifest(Path(d.val_manifest), d.max_duration) if d.val_manifest else None
+            if val is None:
+                order = np.random.default_rng(1234).permutation(len(train))
+                n_val = max(1, int(round(len(train) * d.val_fraction)))
+                if len(train) - n_val < 1:
+                    raise DataError(f"{len(train)} utterances are too few to split off a validation set")
+                val = [train[i] for i in sorted(order[:n_val])]
+                train = [train[i] for i in sorted(order[n_val:])]
+        # espeak: the corpus' full alphabet; real data: a-z, apostrophe, space and the train set's characters
+        base = (
+            "".join(sorted(set(" ".join(synth_words()))))
+            if d.source == "espeak"
+            else "abcdefghijklmnopqrstuvwxyz' "
+        )
+        self.tokenizer = CharTokenizer.from_texts([u.text for u in train], base)
+        self._items = {"train": train, "val": val}
+        return self._items
+
+    def build_dataset(self, split: Split) -> Dataset[dict[str, Any]]:
+        if split not in self._datasets:
+            items = self._load()[split]
+            assert self.tokenizer is not None
+            augment = (
+                SpecAugment(**self.data.spec_augment) if (split == "train" and self.data.augment) else None
+            )
+            self._datasets[split] = AsrDataset(
+                items,
+                self.tokenizer,
+                features=self.features,
+                augment=augment,
+                seed=self.seed,
+                strict=split == "train",
+            )
+        return self._datasets[split]
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate(items, blank=0)
+
+    def feature_stats(self) -> tuple[list[float], list[float]]:
+        """Global per-bin mean and std of the training log-mels (first ``stats_utterances``)."""
+        if self._stats is None:
+            dataset = self.build_dataset("train")
+            assert isinstance(dataset, AsrDataset)
+            n = min(len(dataset), self.data.stats_utterances)
+            feats = torch.cat([dataset.features(i) for i in range(n)], 0).double()
+            self._stats = (feats.mean(0).float().tolist(), feats.std(0).clamp_min(1e-3).float().tolist())
+        return self._stats
+
+    def model_options(self, model_name: str, arch: str, options: dict[str, Any]) -> dict[str, Any]:
+        self._load()
+        assert self.tokenizer is not None
+        mean, std = self.feature_stats()
+        return {
+            **options,
+            "vocab_size": len(self.tokenizer.vocabulary),
+            "blank": 0,
+            "num_mel_bins": int(self.features["num_mel_bins"]),
+            "feature_mean": [round(v, 6) for v in mean],
+            "feature_std": [round(v, 6) for v in std],
+            "max_frames": int(
+                self.data.max_duration * self.features["sample_rate"] / self.features["hop_length"]
+            )
+            + 1,
+        }
+
+    # ------------------------------------------------------------ training
+
+    def stage_options(self, stage: StageConfig) -> StageOptions:
+        try:
+            return StageOptions.model_validate(stage.options)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise RecipeError(f"stage {stage.name!r} options.{where}: {first['msg']}") from None
+
+    def params_of(self, model: SupernetRNNT, subnet: Subnet) -> int:
+        key = (id(model), subnet)
+        if key not in self._subnet_params:
+            self._subnet_params[key] = model.subnet_params(subnet)
+        return self._subnet_params[key]
+
+    def dropout_for(self, model: SupernetRNNT, subnet: Subnet, opts: StageOptions) -> float:
+        small, large = self.params_of(model, model.smallest), self.params_of(model, model.largest)
+        frac = 1.0 if large == small else (self.params_of(model, subnet) - small) / (large - small)
+        return opts.dropout_min + (opts.dropout_max - opts.dropout_min) * max(0.0, frac) ** opts.dropout_power
+
+    def training_step(
+        self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
+    ) -> dict[str, torch.Tensor]:
+        opts = self.stage_options(stage)
+        model = models[stage.model]
+        inner = _unwrap(model)
+        feats, lens = batch["features"], batch["feature_lengths"]
+        targets, target_lens = batch["targets"], batch["target_lengths"]
+        blank = inner.blank
+        if stage.role != "supernet":
+            p = opts.dropout if opts.dropout is not None else opts.dropout_max
+            logits, enc_lens = model(feats, lens, targets, subnet=None, dropout=p)
+            return {"rnnt": rnnt_loss(logits, targets, enc_lens, target_lens, blank)}
+
+        # the sandwich rule: largest on the RNN-T loss, then random subnets and the smallest on KD
+        largest = inner.largest
+        logits, enc_lens = model(
+            feats, lens, targets, subnet=largest.to_dict(), dropout=self.dropout_for(inner, largest, opts)
+        )
+        loss = rnnt_loss(logits, targets, enc_lens, target_lens, blank)
+        ctx.backward(loss * stage.loss_weight("rnnt"))
+        teacher = logits.detach()
+        del logits
+        kd_module = ctx.loss("kd") if "kd" in ctx.losses else _default_kd()
+        subnets = [inner.sample_subnet(ctx.generator) for _ in range(opts.num_random)] + [inner.smallest]
+        kd_values = []
+        sub_rnnt = []
+        for sub in subnets:
+            s_logits, _ = model(
+                feats, lens, targets, subnet=sub.to_dict(), dropout=self.dropout_for(inner, sub, opts)
+            )
+            kd = lattice_kd(
+                kd_module, s_logits, teacher, targets, enc_lens, target_lens, blank, opts.kd_distribution
+            )
+            total = kd * stage.loss_weight("kd")
+            if opts.subnet_rnnt_weight > 0:
+                r = rnnt_loss(s_logits, targets, enc_lens, target_lens, blank)
+                total = total + opts.subnet_rnnt_weight * r
+                sub_rnnt.append(r.detach())
+            ctx.backward(total)
+            kd_values.append(kd.detach())
+        terms = {"rnnt": loss.detach(), "kd": torch.stack(kd_values).sum()}
+        if sub_rnnt:
+            terms["subnet_rnnt"] = torch.stack(sub_rnnt).sum() * opts.subnet_rnnt_weight
+        return terms
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(
+        self, predictor: Predictor, split: Split = "val", *, limit: int | None = None
+    ) -> dict[str, float]:
+        dataset = self.build_dataset(split)
+        assert isinstance(dataset, AsrDataset)
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        refs, hyps = self.transcribe(predictor, dataset, range(n))
+        return error_rates(refs, hyps)
+
+    def transcribe(
+        self, predictor: Predictor, dataset: AsrDataset, indices: Iterable[int]
+    ) -> tuple[list[str], list[str]]:
+        info = DecoderInfo.from_metadata(predictor.metadata)
+        vocab = predictor.metadata.get("vocabulary") or []
+        idx = list(indices)
+        lengths = [dataset.features(i).shape[0] for i in idx]
+        refs: list[str] = []
+        hyps: list[str] = []
+        for group in length_buckets(lengths, self.options.eval_batch_size):
+            items = [dataset[idx[g]] for g in group]
+            batch = collate(items, blank=info.blank)
+            enc, enc_lens = predictor.graphs["encoder"](batch["features"], batch["feature_lengths"])[:2]
+            tokens = decode_batch(
+                predictor,
+                enc,
+                enc_lens,
+                info,
+                beam=self.options.beam,
+                max_symbols=self.options.max_symbols_per_frame,
+            )
+            refs += [it["text"] for it in items]
+            hyps += [_detokenize(vocab, t) for t in tokens]
+        return refs, hyps
+
+    # ------------------------------------------------------------ export
+
+    def export_spec(self, model: nn.Module, model_name: str) -> ExportSpec:
+        inner = _unwrap(model)
+        self._load()
+        vocab = self.tokenizer.vocabulary if self.tokenizer is not None else []
+        if len(vocab) != inner.vocab_size:
+            raise RecipeError(
+                f"model {model_name!r} has {inner.vocab_size} output classes but the data's vocabulary has {len(vocab)}"
+            )
+        return make_export_spec(self.name, inner, model_name, vocab, self.features, self)
+
+    def predictor(self, model: nn.Module, model_name: str, device: torch.device | str = "cpu") -> Predictor:
+        return Predictor.from_spec(self.export_spec(model, model_name), device)
+
+    @classmethod
+    def predict_files(
+        cls, predictor: Predictor, metadata: dict[str, Any], inputs: list[Path], out_dir: Path
+    ) -> list[dict[str, Any]]:
+        settings = metadata["preprocessing"]["features"]
+        frontend = LogMel(settings)
+        info = DecoderInfo.from_metadata(metadata)
+        vocab = metadata.get("vocabulary") or []
+        results = []
+        for path in inputs:
+            wave = read_audio(path, int(settings["sample_rate"]))
+            feats = frontend(torch.from_numpy(wave))[None]
+            start = time.perf_counter()
+            enc, enc_lens = predictor.graphs["encoder"](feats, torch.tensor([feats.shape[1]]))[:2]
+            tokens = decode_batch(predictor, enc, enc_lens, info, beam=0, max_symbols=3)[0]
+            results.append(
+                {
+                    "input": str(path),
+                    "text": _detokenize(vocab, tokens),
+                    "duration_s": round(wave.size / int(settings["sample_rate"]), 3),
+                    "decode_ms": round((time.perf_counter() - start) * 1000, 2),
+                }
+            )
+        return results
+
+    # ------------------------------------------------------------ subnets
+
+    def named_subnets(self, model: SupernetRNNT, stage: StageConfig | None) -> dict[str, Subnet]:
+        named = {"largest": model.largest, "middle": model.middle, "smallest": model.smallest}
+        if stage is not None:
+            custom = self.stage_options(stage).named_subnets
+            if custom:
+                named = {k: model.check_subnet(Subnet.parse(v)) for k, v in custom.items()}  # type: ignore[arg-type]
+        return named
+
+    def summary_extras(self, run_dir: Path) -> dict[str, Any]:
+        from kdtool.engine.rundir import read_summary
+        from kdtool.io import load_weights, read_json
+        from kdtool.recipe import load_recipe
+
+        from .subnets import write_subnet_model
+
+        summary = read_summary(run_dir)
+        recipe = load_recipe(run_dir / "recipe.resolved.yaml").recipe
+        models: dict[str, Any] = {}
+        for stage in recipe.stages:
+            entry = summary.get("models", {}).get(stage.name)
+            if stage.role != "supernet" or not entry or not entry.get("weights"):
+                continue
+            config = read_json(run_dir / entry["config"], what="model config")
+            supernet = SupernetRNNT(**config["options"])
+            supernet.load_state_dict(load_weights(run_dir / entry["weights"]))
+            supernet.eval()
+            for label, sub in self.named_subnets(supernet, stage).items():
+                name = f"{stage.name}-{label}"
+                models[name] = write_subnet_model(
+                    self, run_dir, stage.name, supernet, config, sub, name, label=label
+                )
+        return {"models": models} if models else {}
+
+
+def _default_kd() -> nn.Module:
+    from kdtool.losses import AlphaDivergence
+
+    return AlphaDivergence()
+
+
+def _detokenize(vocab: list[str], tokens: list[int]) -> str:
+    return "".join(vocab[t] for t in tokens if 0 < t < len(vocab))
+
+
+def decode_batch(
+    predictor: Predictor,
+    enc: torch.Tensor,
+    enc_lens: torch.Tensor,
+    info: DecoderInfo,
+    *,
+    beam: int,
+    max_symbols: int,
+) -> list[list[int]]:
+    decoder, joiner = predictor.graphs["decoder"], predictor.graphs["joiner"]
+    if beam > 0:
+        return [
+            beam_search(enc[b : b + 1], int(enc_lens[b]), decoder, joiner, info, beam)
+            for b in range(enc.shape[0])
+        ]
+    return greedy_search(enc, enc_lens, decoder, joiner, info, max_symbols)
+
+
+def make_export_spec(
+    task_name: str,
+    model: SupernetRNNT,
+    model_name: str,
+    vocab: list[str],
+    features: dict[str, Any],
+    task: AsrSupernetTask | None = None,
+) -> ExportSpec:
+    model = model.eval()
+    sub = model.default_subnet
+    kernel_frames = int(model.output_lengths(torch.tensor(model.max_frames)))
+    encoder = EncoderGraph(model, sub, kernel_frames).eval()
+    mels = model.num_mel_bins
+    joiner_dim = model.joiner_dim
+    predictor_kind = model.predictor.kind
+    context = model.predictor.context_size
+    state_dim = getattr(model.predictor, "dim", 0)
+    min_time = 16
+
+    def encoder_calibration(n: int) -> Iterable[tuple[torch.Tensor, ...]]:
+        if task is None:
+            return
+        dataset = task.build_dataset("val")
+        assert isinstance(dataset, AsrDataset)
+        for i in range(min(n, len(dataset))):
+            f = dataset.features(i)[None]
+            yield f, torch.tensor([f.shape[1]])
+
+    def decoder_calibration(n: int) -> Iterable[tuple[torch.Tensor, ...]]:
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(n):
+            if predictor_kind == "stateless":
+                yield (torch.randint(0, model.vocab_size, (1, context), generator=gen),)
+            else:
+                yield (
+                    torch.randint(0, model.vocab_size, (1, 1), generator=gen),
+                    torch.zeros(1, 1, state_dim),
+                    torch.zeros(1, 1, state_dim),
+                )
+
+    def joiner_calibration(n: int) -> Iterable[tuple[torch.Tensor, ...]]:
+        count = 0
+        for feats, lens in encoder_calibration(n):
+            with torch.no_grad():
+                enc, _ = encoder(feats, lens)
+                dec = (
+                    model.predictor.step(torch.zeros(1, context, dtype=torch.long))  # type: ignore[operator]
+                    if predictor_kind == "stateless"
+                    else model.predictor.step(
+                        torch.zeros(1, 1, dtype=torch.long),
+                        torch.zeros(1, 1, state_dim),
+                        torch.zeros(1, 1, state_dim),
+                    )[0]  # type: ignore[operator]
+                )
+            for t in range(0, enc.shape[1], max(1, enc.shape[1] // 4)):
+                yield enc[:, t], dec
+                count += 1
+                if count >= n:
+                    return
+
+    batch_axis = DynamicAxis(1, 1, 64)
+    graphs = [
+        GraphSpec(
+            name="encoder",
+            module=encoder,
+            inputs=[
+                TensorSpec(
+                    "features", ("batch", "time", mels), description="log-mel frames (see preprocessing)"
+                ),
+                TensorSpec(
+                    "feature_lengths",
+                    ("batch",),
+                    dtype="int64",
+                    value_range=(1, min_time + 1),
+                    description="valid frames",
+                ),
+            ],
+            outputs=[
+                TensorSpec("encoder_out", ("batch", "frames", joiner_dim), role="output"),
+                TensorSpec("encoder_out_lengths", ("batch",), dtype="int64", role="output"),
+            ],
+            dynamic_axes={
+                "batch": batch_axis,
+                "time": DynamicAxis(min_time, min(400, model.max_frames), model.max_frames),
+                "frames": DynamicAxis(min_time // 4, min(100, kernel_frames), kernel_frames),
+            },
+            quantization=QuantizationHints(preferred="dynamic"),
+            calibration_inputs=encoder_calibration,
+        ),
+    ]
+    if predictor_kind == "stateless":
+        graphs.append(
+            GraphSpec(
+                name="decoder",
+                module=StatelessDecoderGraph(model).eval(),
+                inputs=[
+                    TensorSpec(
+                        "context", ("batch", context), dtype="int64", value_range=(0, model.vocab_size)
+                    )
+                ],
+                outputs=[TensorSpec("decoder_out", ("batch", joiner_dim), role="output")],
+                dynamic_axes={"batch": batch_axis},
+                quantization=QuantizationHints(preferred="dynamic"),
+                calibration_inputs=decoder_calibration,
+            )
+        )
+    else:
+        graphs.append(
+            GraphSpec(
+                name="decoder",
+                module=LSTMDecoderGraph(model).eval(),
+                inputs=[
+                    TensorSpec("token", ("batch", 1), dtype="int64", value_range=(0, model.vocab_size)),
+                    TensorSpec("h", (1, "batch", state_dim), role="state_in"),
+                    TensorSpec("c", (1, "batch", state_dim), role="state_in"),
+                ],
+                outputs=[
+                    TensorSpec("decoder_out", ("batch", joiner_dim), role="output"),
+                    TensorSpec("h_out", (1, "batch", state_dim), role="state_out"),
+                    TensorSpec("c_out", (1, "batch", state_dim), role="state_out"),
+                ],
+                dynamic_axes={"batch": batch_axis},
+                quantization=QuantizationHints(preferred="dynamic"),
+                calibration_inputs=decoder_calibration,
+            )
+        )
+    graphs.append(
+        GraphSpec(
+            name="joiner",
+            module=JoinerGraph(model).eval(),
+            inputs=[
+                TensorSpec("encoder_out", ("batch", joiner_dim)),
+                TensorSpec("decoder_out", ("batch", joiner_dim)),
+            ],
+            outputs=[TensorSpec("logits", ("batch", model.vocab_size), role="output")],
+            dynamic_axes={"batch": batch_axis},
+            quantization=QuantizationHints(preferred="dynamic"),
+            calibration_inputs=joiner_calibration,
+        )
+    )
+    return ExportSpec(
+        task=task_name,
+        model_name=model_name,
+        graphs=graphs,
+        metadata=DeployMetadata(
+            task=task_name,
+            vocabulary=list(vocab),
+            preprocessing={
+                "kind": "audio",
+                "sample_rate": int(features["sample_rate"]),
+                "features": dict(features),
+                "feature": "log-mel: log(mel_power + log_offset), frames x mels",
+                "normalization": "global mean/variance, inside the encoder graph",
+                "max_frames": model.max_frames,
+            },
+            postprocessing={
+                "kind": "transducer_greedy",
+                "blank": model.blank,
+                "context_size": context,
+                "predictor": predictor_kind,
+                "state_dim": state_dim,
+                "max_symbols_per_frame": 3,
+                "subsampling": 4,
+            },
+            extra={
+                "subnet": sub.to_dict(),
+                "kernel_frames": kernel_frames,
+                "graphs": ["encoder", "decoder", "joiner"],
+            },
+        ),
+    )
