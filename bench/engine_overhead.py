@@ -83,11 +83,19 @@ def plain_rate(run_dir: Path, steps: int) -> float:
     teacher, _ = load_run_model(regs, run_dir, "teacher")
     teacher.eval().requires_grad_(False)
     seed_everything(0)
-    student = regs.models.get(STUDENT["arch"])(**task.model_options("student", STUDENT["arch"], dict(STUDENT["options"])))
+    student = regs.models.get(STUDENT["arch"])(
+        **task.model_options("student", STUDENT["arch"], dict(STUDENT["options"]))
+    )
     optimizer = torch.optim.AdamW(student.parameters(), lr=0.003)
     kl = SoftTargetKL(4.0)
     train = task.build_dataset("train")
-    loader = DataLoader(train, batch_size=BATCH, sampler=EpochSampler(len(train), seed=7), drop_last=True, collate_fn=task.collate)
+    loader = DataLoader(
+        train,
+        batch_size=BATCH,
+        sampler=EpochSampler(len(train), seed=7),
+        drop_last=True,
+        collate_fn=task.collate,
+    )
     mean, std = task.data.mean, task.data.std
     done = 0
     window_rates = []
@@ -113,7 +121,9 @@ def plain_rate(run_dir: Path, steps: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/engine_overhead.json"))
@@ -139,9 +149,13 @@ def main() -> int:
     print(f"{'loop':<28}{'samples/s':>12}{'ratio':>10}")
     print(f"{'plain PyTorch loop':<28}{result['plain_samples_per_s']:>12.0f}{1.0:>10.3f}")
     print(f"{'kdtool engine':<28}{result['engine_samples_per_s']:>12.0f}{result['engine_over_plain']:>10.3f}")
-    print(f"{'kdtool engine + teacher cache':<28}{result['engine_cached_samples_per_s']:>12.0f}"
-          f"{result['engine_cached_samples_per_s'] / result['plain_samples_per_s']:>10.3f}")
-    print(f"teacher-output cache speedup over recomputing the teacher: {result['teacher_cache_speedup']:.2f}x")
+    print(
+        f"{'kdtool engine + teacher cache':<28}{result['engine_cached_samples_per_s']:>12.0f}"
+        f"{result['engine_cached_samples_per_s'] / result['plain_samples_per_s']:>10.3f}"
+    )
+    print(
+        f"teacher-output cache speedup over recomputing the teacher: {result['teacher_cache_speedup']:.2f}x"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -54,7 +54,9 @@ def measure(run_dir: Path, seconds: float) -> list[dict[str, Any]]:
     p50, _, _, _ = bench_predictor(torch_pred, infos, throughput_batch=8, max_seconds=seconds)
     weights = run.run_dir / run.summary["models"][name]["weights"]
     value = run.task.evaluate(torch_pred, "val")[metric.name]
-    rows.append({"variant": "pytorch eager", "latency_ms": p50, "size_bytes": weights.stat().st_size, "metric": value})
+    rows.append(
+        {"variant": "pytorch eager", "latency_ms": p50, "size_bytes": weights.stat().st_size, "metric": value}
+    )
     for target, label in (("onnx-cpu", "ORT FP32"), ("onnx-cpu-int8", "ORT INT8")):
         folder = run.run_dir / "exports" / target
         if not (folder / "manifest.json").exists():
@@ -63,7 +65,9 @@ def measure(run_dir: Path, seconds: float) -> list[dict[str, Any]]:
         manifest = runner.manifest  # type: ignore[attr-defined]
         p50, _, _, _ = bench_predictor(runner, manifest["graphs"], throughput_batch=8, max_seconds=seconds)
         value = run.task.evaluate(runner, "val")[metric.name]
-        rows.append({"variant": label, "latency_ms": p50, "size_bytes": manifest["size_bytes"], "metric": value})
+        rows.append(
+            {"variant": label, "latency_ms": p50, "size_bytes": manifest["size_bytes"], "metric": value}
+        )
     base = rows[0]
     fp32 = rows[1]
     for row in rows:
@@ -71,12 +75,19 @@ def measure(run_dir: Path, seconds: float) -> list[dict[str, Any]]:
         row["size_vs_eager"] = row["size_bytes"] / base["size_bytes"]
         row["metric_delta_vs_fp32"] = row["metric"] - fp32["metric"]
     for row in rows:
-        row.update(recipe=run.summary["recipe"], model=name, metric_name=metric.name, params=run.summary["models"][name]["params"])
+        row.update(
+            recipe=run.summary["recipe"],
+            model=name,
+            metric_name=metric.name,
+            params=run.summary["models"][name]["params"],
+        )
     return rows
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--train", action="store_true", help="run kdtool distill for recipes without a run")
     parser.add_argument("--recipes", nargs="*", help="recipe names (default: every embedded recipe)")
     parser.add_argument("--threads", type=int, default=2)

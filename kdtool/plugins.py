@@ -286,7 +286,9 @@ class PluginManager:
             if caps is None:
                 continue
             for module, install in caps.missing_requirements():
-                self.infos[entry.owner].missing.append({"exporter": entry.name, "module": module, "install": install})
+                self.infos[entry.owner].missing.append(
+                    {"exporter": entry.name, "module": module, "install": install}
+                )
         # exporter and target names share one namespace: `--target` takes either.
         for name in regs.targets.names():
             if name in regs.exporters:

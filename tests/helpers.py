@@ -14,7 +14,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 def tiny_recipe(runs_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A three-stage digits recipe that trains in a couple of seconds."""
     recipe: dict[str, Any] = {
@@ -29,13 +28,33 @@ def tiny_recipe(runs_dir: Path, **overrides: Any) -> dict[str, Any]:
             "student": {"arch": "cls_mlp", "options": {"hidden": 16, "depth": 1}},
         },
         "stages": [
-            {"name": "teacher", "model": "teacher", "role": "teacher", "steps": 30, "batch_size": 32,
-             "optimizer": {"name": "adamw", "lr": 0.01}},
-            {"name": "student", "model": "student", "role": "student", "teachers": ["teacher"], "steps": 30,
-             "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.01},
-             "losses": [{"name": "ce", "weight": 0.5}, {"name": "kd", "loss": "kl_t", "weight": 0.5}]},
-            {"name": "baseline_student", "model": "student", "role": "baseline", "baseline_for": "student",
-             "steps": 30, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.01}},
+            {
+                "name": "teacher",
+                "model": "teacher",
+                "role": "teacher",
+                "steps": 30,
+                "batch_size": 32,
+                "optimizer": {"name": "adamw", "lr": 0.01},
+            },
+            {
+                "name": "student",
+                "model": "student",
+                "role": "student",
+                "teachers": ["teacher"],
+                "steps": 30,
+                "batch_size": 32,
+                "optimizer": {"name": "adamw", "lr": 0.01},
+                "losses": [{"name": "ce", "weight": 0.5}, {"name": "kd", "loss": "kl_t", "weight": 0.5}],
+            },
+            {
+                "name": "baseline_student",
+                "model": "student",
+                "role": "baseline",
+                "baseline_for": "student",
+                "steps": 30,
+                "batch_size": 32,
+                "optimizer": {"name": "adamw", "lr": 0.01},
+            },
         ],
         "checkpoint": {"every_steps": 10, "keep_last": 2},
         "logging": {"every_steps": 5, "progress": False},
@@ -49,7 +68,9 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
-def make_plugin_distribution(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
+def make_plugin_distribution(
+    root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> Path:
     """A real installed distribution (a ``.dist-info`` folder with ``entry_points.txt``) in
     ``root``; put ``root`` on PYTHONPATH and importlib.metadata finds its entry points."""
     root.mkdir(parents=True, exist_ok=True)
@@ -64,8 +85,15 @@ def make_plugin_distribution(root: Path, dist: str, entry_points: dict[str, str]
     return root
 
 
-def run_cli(args: list[str], *, env_extra: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], *, env_extra: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "kdtool", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+        [sys.executable, "-m", "kdtool", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
     )

@@ -81,14 +81,18 @@ class OnnxExporter(Exporter):
 
     # ------------------------------------------------------------ export
 
-    def export(self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(
+        self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext
+    ) -> Artifact:
         assert isinstance(options, OnnxOptions)
         graph_files: dict[str, Path] = {}
         details: dict[str, Any] = {"graphs": {}}
         not_verified: list[str] = []
         for graph in spec.graphs:
             name = "model" if len(spec.graphs) == 1 else graph.name
-            fp32_path = out_dir / f"{name}.fp32.onnx" if options.precision != "fp32" else out_dir / f"{name}.onnx"
+            fp32_path = (
+                out_dir / f"{name}.fp32.onnx" if options.precision != "fp32" else out_dir / f"{name}.onnx"
+            )
             info = export_graph(graph, fp32_path, options, target=ctx.target)
             if options.cleanup:
                 cleanup(fp32_path)
@@ -109,7 +113,9 @@ class OnnxExporter(Exporter):
             details["graphs"][graph.name] = info
             graph_files[graph.name] = final
         if options.execution_provider != "cpu":
-            not_verified.append(f"execution provider {options.execution_provider}: verified with the CPU provider here")
+            not_verified.append(
+                f"execution provider {options.execution_provider}: verified with the CPU provider here"
+            )
         return Artifact(out_dir, graph_files, details=details, not_verified=not_verified)
 
     # ------------------------------------------------------------ verify
@@ -119,7 +125,10 @@ class OnnxExporter(Exporter):
         result = VerifyResult()
         tolerance = TOLERANCE.get(options.precision, 1e-3)
         try:
-            sessions = {g.name: make_session(artifact.graph_files[g.name], options, provider="cpu") for g in spec.graphs}
+            sessions = {
+                g.name: make_session(artifact.graph_files[g.name], options, provider="cpu")
+                for g in spec.graphs
+            }
         except ExportError as exc:
             result.not_verified.append(f"numerical parity: {exc.message}")
             return result
@@ -132,12 +141,16 @@ class OnnxExporter(Exporter):
             if graph.calibration_inputs is not None:
                 samples = list(_take(graph.calibration_inputs(4), 4))
                 if options.shapes == "static" and "batch" in graph.dynamic_axes:
-                    samples = [_stack_batch(graph, samples, graph.dynamic_axes["batch"].opt)] if samples else []
+                    samples = (
+                        [_stack_batch(graph, samples, graph.dynamic_axes["batch"].opt)] if samples else []
+                    )
                 for inputs in samples:
                     with torch.no_grad():
                         ref = as_tuple(graph.module(*inputs))
                     got = run_session(session, graph, inputs)
-                    result.parity += compare_outputs(graph.name, {"sample": 1}, out_names, ref, got, tolerance)
+                    result.parity += compare_outputs(
+                        graph.name, {"sample": 1}, out_names, ref, got, tolerance
+                    )
             # random inputs at opt and at a second size of each dynamic axis
             for sizes in graph.test_sizes() if options.shapes == "dynamic" else [graph.sizes("opt")]:
                 inputs = graph.make_inputs(sizes, generator=generator)
@@ -164,9 +177,13 @@ class OnnxExporter(Exporter):
             static_batch = None
             if options.shapes == "static" and "batch" in info.get("dynamic_axes", {}):
                 static_batch = int(info["dynamic_axes"]["batch"]["opt"])
-            graphs[name] = _session_callable(session, [i["name"] for i in info["inputs"]], dtypes, static_batch)
+            graphs[name] = _session_callable(
+                session, [i["name"] for i in info["inputs"]], dtypes, static_batch
+            )
             input_names[name] = [i["name"] for i in info["inputs"]]
-        return ArtifactRunner(graphs, kind="onnxruntime", input_names=input_names, metadata=manifest.get("metadata", {}))
+        return ArtifactRunner(
+            graphs, kind="onnxruntime", input_names=input_names, metadata=manifest.get("metadata", {})
+        )
 
     def versions(self) -> dict[str, str]:
         import onnxruntime as ort
@@ -184,7 +201,9 @@ def _take(items: Any, n: int) -> Iterator[tuple[torch.Tensor, ...]]:
         yield item
 
 
-def _stack_batch(graph: GraphSpec, samples: list[tuple[torch.Tensor, ...]], batch: int) -> tuple[torch.Tensor, ...]:
+def _stack_batch(
+    graph: GraphSpec, samples: list[tuple[torch.Tensor, ...]], batch: int
+) -> tuple[torch.Tensor, ...]:
     """Batch-1 samples concatenated (and repeated) into one input of the static batch size."""
     picked = [samples[i % len(samples)] for i in range(batch)]
     out = []
@@ -215,7 +234,9 @@ def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: 
     static = options.shapes == "static"
     sizes = graph.sizes("opt")
     # Export with example sizes of at least 2 on dynamic axes: size-1 axes get specialised.
-    example_sizes = {k: (v if static else max(v, min(2, graph.dynamic_axes[k].max))) for k, v in sizes.items()}
+    example_sizes = {
+        k: (v if static else max(v, min(2, graph.dynamic_axes[k].max))) for k, v in sizes.items()
+    }
     args = graph.make_inputs(example_sizes, generator=torch.Generator().manual_seed(0))
     in_names = [t.name for t in graph.inputs]
     out_names = [t.name for t in graph.outputs]
@@ -237,13 +258,19 @@ def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: 
                         opset_version=options.opset,
                         dynamo=True,
                         external_data=False,
-                        dynamic_shapes=None if static or not graph.dynamic_axes else _dynamic_shapes(graph, static),
+                        dynamic_shapes=None
+                        if static or not graph.dynamic_axes
+                        else _dynamic_shapes(graph, static),
                         verbose=False,
                     )
                 else:
                     dynamic_axes = None
                     if not static:
-                        dynamic_axes = {t.name: t.dynamic_axes() for t in [*graph.inputs, *graph.outputs] if t.dynamic_axes()}
+                        dynamic_axes = {
+                            t.name: t.dynamic_axes()
+                            for t in [*graph.inputs, *graph.outputs]
+                            if t.dynamic_axes()
+                        }
                     torch.onnx.export(
                         module,
                         args,
@@ -267,7 +294,9 @@ def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: 
             return info
         except Exception as exc:  # the exporters raise many types; we report and fall back
             last_error = exc
-            attempts.append(f"{which}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+            attempts.append(
+                f"{which}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            )
     text = str(last_error) if last_error else ""
     ops = sorted(set(_UNSUPPORTED.findall(text)))
     what = f"op {', '.join(ops)}" if ops else "the model"
@@ -329,7 +358,10 @@ class _Reader:
         assert graph.calibration_inputs is not None
         names = [t.name for t in graph.inputs]
         self._items = [
-            {name: _to_numpy(x, spec.dtype) for name, x, spec in zip(names, inputs, graph.inputs, strict=True)}
+            {
+                name: _to_numpy(x, spec.dtype)
+                for name, x, spec in zip(names, inputs, graph.inputs, strict=True)
+            }
             for inputs in _take(graph.calibration_inputs(n), n)
         ]
         self._iter = iter(self._items)
@@ -345,7 +377,13 @@ class _Reader:
 
 
 def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode: str) -> dict[str, Any]:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = src.with_suffix(".prep.onnx")
@@ -359,15 +397,25 @@ def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode:
     node_names = [n.name for n in model.graph.node]
     exclude_resolved = [n for n in node_names if any(e == n or e in n for e in exclude)]
     op_types = sorted({n.op_type for n in model.graph.node} - excluded_types) if excluded_types else None
-    info: dict[str, Any] = {"mode": mode, "excluded_nodes": exclude_resolved, "excluded_op_types": sorted(excluded_types)}
+    info: dict[str, Any] = {
+        "mode": mode,
+        "excluded_nodes": exclude_resolved,
+        "excluded_op_types": sorted(excluded_types),
+    }
     if mode == "dynamic":
         quantize_dynamic(
-            str(prepared), str(dst), per_channel=options.per_channel, weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude_resolved, op_types_to_quantize=op_types,
+            str(prepared),
+            str(dst),
+            per_channel=options.per_channel,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude_resolved,
+            op_types_to_quantize=op_types,
         )
     else:
         if graph.calibration_inputs is None:
-            raise ExportError(f"graph {graph.name!r} has no calibration_inputs; static INT8 needs the recipe's data")
+            raise ExportError(
+                f"graph {graph.name!r} has no calibration_inputs; static INT8 needs the recipe's data"
+            )
         reader = _Reader(graph, options.calibration_samples)
         if len(reader) == 0:
             raise ExportError(
@@ -457,10 +505,18 @@ def make_session(path: Path, options: OnnxOptions, *, provider: str) -> Any:
     try:
         return ort.InferenceSession(str(path), so, providers=providers)
     except Exception as exc:
-        raise ExportError(f"ONNX Runtime cannot load {path} with {providers}: {str(exc).splitlines()[0][:300]}") from None
+        raise ExportError(
+            f"ONNX Runtime cannot load {path} with {providers}: {str(exc).splitlines()[0][:300]}"
+        ) from None
 
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+_NP_DTYPES = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+}
 
 
 def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
@@ -472,7 +528,9 @@ def run_session(session: Any, graph: GraphSpec, inputs: tuple[torch.Tensor, ...]
     return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
 
 
-def _session_callable(session: Any, names: list[str], dtypes: list[str], static_batch: int | None = None) -> Any:
+def _session_callable(
+    session: Any, names: list[str], dtypes: list[str], static_batch: int | None = None
+) -> Any:
     """A callable over torch tensors. A graph exported with a fixed batch N runs any batch:
     inputs are cut into chunks of N (the last padded by repeating its final sample)."""
 

@@ -20,7 +20,9 @@ from tests.helpers import tiny_recipe, write_recipe
 
 
 def run(path: Path, overrides: list[str] | None = None, **opts: Any) -> Path:
-    result = Engine(load_recipe(path, overrides or []), DistillOptions(progress=False, echo=lambda _m: None, **opts)).run()
+    result = Engine(
+        load_recipe(path, overrides or []), DistillOptions(progress=False, echo=lambda _m: None, **opts)
+    ).run()
     assert isinstance(result, Path)
     return result
 
@@ -102,7 +104,14 @@ def test_teacher_that_disagrees_with_the_data_fails_naming_both(teacher_run: Pat
         for i in range(4):
             Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / label / f"{i}.png")
     with pytest.raises(DataError, match=r"labels \['0', '1'.*data's labels are \['a', 'b', 'c'\]"):
-        run(student_recipe(tmp_path / "b", {"name": "teacher", "onnx": str(onnx_file)}, source="imagefolder", root=str(folder)))
+        run(
+            student_recipe(
+                tmp_path / "b",
+                {"name": "teacher", "onnx": str(onnx_file)},
+                source="imagefolder",
+                root=str(folder),
+            )
+        )
     # without label metadata (a .pt2 program), the class count is checked
     from kdtool.export.driver import RunContext
 
@@ -110,7 +119,14 @@ def test_teacher_that_disagrees_with_the_data_fails_naming_both(teacher_run: Pat
     pt2 = tmp_path / "teacher.pt2"
     torch.export.save(_export_program(graph), str(pt2))
     with pytest.raises(DataError, match=r"predicts 10 classes.*data has 3 classes"):
-        run(student_recipe(tmp_path / "c", {"name": "teacher", "program": str(pt2)}, source="imagefolder", root=str(folder)))
+        run(
+            student_recipe(
+                tmp_path / "c",
+                {"name": "teacher", "program": str(pt2)},
+                source="imagefolder",
+                root=str(folder),
+            )
+        )
 
 
 def _write_images(folder: Path, n: int) -> list[Path]:
@@ -158,7 +174,9 @@ def test_imagefolder_manifest_and_corrupt_image(tmp_path: Path) -> None:
 def test_unlabeled_images_train_on_the_teacher_with_a_dual_head(teacher_run: Path, tmp_path: Path) -> None:
     onnx_file = teacher_run / "exports" / "onnx-cpu" / "model.onnx"
     _write_images(tmp_path / "unlabeled", 40)
-    path = student_recipe(tmp_path, {"name": "teacher", "onnx": str(onnx_file)}, unlabeled_root=str(tmp_path / "unlabeled"))
+    path = student_recipe(
+        tmp_path, {"name": "teacher", "onnx": str(onnx_file)}, unlabeled_root=str(tmp_path / "unlabeled")
+    )
     run_dir = run(path, ["models.student.options.dual_head=true"])
     assert accuracy(run_dir) > 0.3
     # the exported student combines both heads: 10 outputs, not 20

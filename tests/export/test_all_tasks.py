@@ -25,7 +25,10 @@ def embedded_recipe(task: str) -> Path | None:
             continue
         data_section = data.get("data") or {}
         if any(k in data_section for k in ("root", "train_manifest")) or any(
-            "onnx" in t or "program" in t for s in data.get("stages", []) for t in s.get("teachers", []) if isinstance(t, dict)
+            "onnx" in t or "program" in t
+            for s in data.get("stages", [])
+            for t in s.get("teachers", [])
+            if isinstance(t, dict)
         ):
             continue
         return path

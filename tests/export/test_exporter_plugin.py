@@ -11,7 +11,15 @@ import pytest
 
 from kdtool import hookimpl
 from kdtool.export.driver import ExportRequest, export_model
-from kdtool.export.exporter import Artifact, ArtifactRunner, Capabilities, ExportContext, Exporter, ExporterOptions, VerifyResult
+from kdtool.export.exporter import (
+    Artifact,
+    ArtifactRunner,
+    Capabilities,
+    ExportContext,
+    Exporter,
+    ExporterOptions,
+    VerifyResult,
+)
 from kdtool.export.spec import ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.plugins import PluginInfo, PluginManager
@@ -26,10 +34,16 @@ class ZipOnnxExporter(Exporter):
     """Packs the framework's ONNX artifact into a zip (a stand-in for a vendor format)."""
 
     capabilities = Capabilities(
-        name="ziponnx", suffix=".zip", precisions=("fp32",), options_model=ZipOptions, default_profile="ziponnx-cpu"
+        name="ziponnx",
+        suffix=".zip",
+        precisions=("fp32",),
+        options_model=ZipOptions,
+        default_profile="ziponnx-cpu",
     )
 
-    def export(self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext) -> Artifact:
+    def export(
+        self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: ExportContext
+    ) -> Artifact:
         onnx_artifact = ctx.require_artifact("onnx", {})
         path = out_dir / "model.zip"
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -39,7 +53,9 @@ class ZipOnnxExporter(Exporter):
         return Artifact(out_dir, {g.name: path for g in spec.graphs})
 
     def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
-        return VerifyResult(checks={"zip_ok": zipfile.ZipFile(next(iter(artifact.graph_files.values()))).testzip() is None})
+        return VerifyResult(
+            checks={"zip_ok": zipfile.ZipFile(next(iter(artifact.graph_files.values()))).testzip() is None}
+        )
 
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
         from kdtool_onnx.exporter import OnnxOptions, _session_callable, make_session
@@ -50,7 +66,9 @@ class ZipOnnxExporter(Exporter):
         graphs = {}
         for name, info in manifest["graphs"].items():
             session = make_session(unpacked / f"{name}.onnx", OnnxOptions(), provider="cpu")
-            graphs[name] = _session_callable(session, [i["name"] for i in info["inputs"]], [i["dtype"] for i in info["inputs"]])
+            graphs[name] = _session_callable(
+                session, [i["name"] for i in info["inputs"]], [i["dtype"] for i in info["inputs"]]
+            )
         return ArtifactRunner(graphs, kind="ziponnx")
 
 
@@ -63,14 +81,20 @@ class ZipPlugin:
     @staticmethod
     @hookimpl
     def register_targets(register: Any) -> None:
-        register("ziponnx-cpu", TargetProfile(name="ziponnx-cpu", exporter="ziponnx", description="zipped ONNX"))
+        register(
+            "ziponnx-cpu", TargetProfile(name="ziponnx-cpu", exporter="ziponnx", description="zipped ONNX")
+        )
 
 
 def test_third_party_exporter_uses_the_onnx_artifact_openly(run_dir: Path) -> None:  # noqa: F811
     manager = PluginManager()
     manager.pm.register(ZipPlugin, name="zip")
     manager.infos["zip"] = PluginInfo(name="zip", module=__name__)
-    outcome = export_model(ExportRequest(run=run_dir, target="ziponnx", out=run_dir / "zip"), manager=manager, echo=lambda _m: None)
+    outcome = export_model(
+        ExportRequest(run=run_dir, target="ziponnx", out=run_dir / "zip"),
+        manager=manager,
+        echo=lambda _m: None,
+    )
     m = outcome.manifest
     assert m["format"] == "ziponnx" and m["target"] == "ziponnx-cpu"
     assert m["dependencies"]["onnx-cpu"]["exporter"] == "onnx"  # recorded, not hidden

@@ -248,12 +248,22 @@ def test_int8_warning_compares_against_the_fastest_float_of_the_same_runtime() -
     from kdtool.export.bench import BenchRow, int8_warnings
 
     def row(name: str, kind: str, precision: str, ms: float) -> BenchRow:
-        return BenchRow(name=name, kind=kind, model="student", precision=precision, size_bytes=1, latency_ms_p50=ms)
+        return BenchRow(
+            name=name, kind=kind, model="student", precision=precision, size_bytes=1, latency_ms_p50=ms
+        )
 
-    slow_int8 = [row("pt", "pytorch", "fp32", 5.0), row("ort", "onnxruntime", "fp32", 1.0), row("q", "onnxruntime", "int8", 1.2)]
+    slow_int8 = [
+        row("pt", "pytorch", "fp32", 5.0),
+        row("ort", "onnxruntime", "fp32", 1.0),
+        row("q", "onnxruntime", "int8", 1.2),
+    ]
     warnings = int8_warnings(slow_int8)
     assert len(warnings) == 1 and "not faster than ort (FP32)" in warnings[0]
     fast_int8 = [row("ort", "onnxruntime", "fp32", 1.0), row("q", "onnxruntime", "int8", 0.6)]
     assert int8_warnings(fast_int8) == []
-    trt = [row("f16", "tensorrt", "fp16", 0.5), row("f32", "tensorrt", "fp32", 0.9), row("i8", "tensorrt", "int8", 0.7)]
+    trt = [
+        row("f16", "tensorrt", "fp16", 0.5),
+        row("f32", "tensorrt", "fp32", 0.9),
+        row("i8", "tensorrt", "int8", 0.7),
+    ]
     assert "(FP16)" in int8_warnings(trt)[0]

@@ -209,7 +209,9 @@ def test_postprocessors_and_report_figures_register() -> None:
 def test_student_and_baseline_start_from_the_same_weights(tmp_path: Path) -> None:
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
     # one step with lr 0 leaves the initial weights in place
-    run_dir = run(path, ["stages.student.optimizer.lr=0.0", "stages.baseline_student.optimizer.lr=0.0"], max_steps=1)
+    run_dir = run(
+        path, ["stages.student.optimizer.lr=0.0", "stages.baseline_student.optimizer.lr=0.0"], max_steps=1
+    )
     assert isinstance(run_dir, Path)
     a, b = weights(run_dir, "student"), weights(run_dir, "baseline_student")
     assert all(torch.equal(a[k], b[k]) for k in a)
