@@ -313,7 +313,7 @@ def export_model(
     if metric_block:
         line += (
             f"; {metric_block['name']} {metric_block['pytorch']:.4g} (pytorch) -> {metric_block['artifact']:.4g} "
-            f"({-metric_block['drop'] + 0.0:+.4g})"
+            f"({metric_block['artifact'] - metric_block['pytorch'] + 0.0:+.4g})"
         )
     if not_verified:
         line += f"; not verified: {len(not_verified)} item(s), see manifest"

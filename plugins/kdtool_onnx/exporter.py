@@ -107,6 +107,22 @@ class OnnxExporter(Exporter):
                 if mode == "auto":
                     mode = graph.quantization.preferred
                 info["quantization"] = quantize(graph, fp32_path, final, options, mode)
+                problem = check_dynamic_axes(graph, final) if options.shapes == "dynamic" else None
+                if problem and mode == "static":
+                    # Seen on attention graphs: ORT's QDQ pass can tie a dynamic axis to the
+                    # calibration size. Weight-only (dynamic) INT8 keeps the axes dynamic.
+                    ctx.log(
+                        f"warning: graph {graph.name!r}: static QDQ INT8 breaks a dynamic axis ({problem}); "
+                        "falling back to dynamic (weight-only) INT8"
+                    )
+                    info["quantization"] = quantize(graph, fp32_path, final, options, "dynamic")
+                    info["quantization"]["fallback_from_static"] = problem
+                    problem = check_dynamic_axes(graph, final)
+                if problem:
+                    raise ExportError(
+                        f"target {ctx.target!r}: the INT8 graph {graph.name!r} no longer runs at every size: {problem}",
+                        hint="export with --opt shapes=static, or keep FP32 for this model",
+                    )
                 fp32_path.unlink()
             embed_metadata(final, spec, graph)
             info["ops"] = op_histogram(final)
@@ -147,20 +163,21 @@ class OnnxExporter(Exporter):
                 for inputs in samples:
                     with torch.no_grad():
                         ref = as_tuple(graph.module(*inputs))
-                    got = run_session(session, graph, inputs)
-                    result.parity += compare_outputs(
-                        graph.name, {"sample": 1}, out_names, ref, got, tolerance
-                    )
+                    sizes = _sizes_of(graph, inputs)
+                    got = _run_or_fail(session, graph, inputs, sizes, result)
+                    if got is not None:
+                        result.parity += compare_outputs(graph.name, sizes, out_names, ref, got, tolerance)
             # random inputs at opt and at a second size of each dynamic axis
             for sizes in graph.test_sizes() if options.shapes == "dynamic" else [graph.sizes("opt")]:
                 inputs = graph.make_inputs(sizes, generator=generator)
                 with torch.no_grad():
                     ref = as_tuple(graph.module(*inputs))
-                got = run_session(session, graph, inputs)
+                got = _run_or_fail(session, graph, inputs, sizes, result)
+                if got is None:
+                    continue
                 # INT8 on random inputs is outside the calibrated range: check shapes only.
                 tol = float("inf") if options.precision == "int8" else tolerance
-                entries = compare_outputs(graph.name, sizes, out_names, ref, got, tol)
-                result.parity += entries
+                result.parity += compare_outputs(graph.name, sizes, out_names, ref, got, tol)
         result.checks["onnx_checker"] = "passed"
         return result
 
@@ -199,6 +216,35 @@ def _take(items: Any, n: int) -> Iterator[tuple[torch.Tensor, ...]]:
         if i >= n:
             return
         yield item
+
+
+def _sizes_of(graph: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """The dynamic axis sizes of concrete inputs (a real sample's batch, width, time...)."""
+    sizes: dict[str, int] = {"sample": 1}
+    for spec, x in zip(graph.inputs, inputs, strict=False):
+        for index, axis in spec.dynamic_axes().items():
+            sizes[axis] = int(x.shape[index])
+    return sizes
+
+
+def _run_or_fail(
+    session: Any,
+    graph: GraphSpec,
+    inputs: tuple[torch.Tensor, ...],
+    sizes: dict[str, int],
+    result: VerifyResult,
+) -> tuple[torch.Tensor, ...] | None:
+    """Run the artifact; a runtime failure is a failed parity entry naming the sizes, not a crash."""
+    try:
+        return run_session(session, graph, inputs)
+    except Exception as exc:
+        message = str(exc).splitlines()[0][:300]
+        result.parity.append(
+            ParityResult(
+                graph.name, sizes, f"(run failed: {message})", float("inf"), float("inf"), 0.0, False
+            )
+        )
+        return None
 
 
 def _stack_batch(
@@ -307,15 +353,33 @@ def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: 
     )
 
 
+def probe_sizes(graph: GraphSpec) -> list[dict[str, int]]:
+    """The verifier's sizes plus, per dynamic axis, min, max and odd sizes in between: shape
+    bugs often show only at some sizes (an off-by-one after a strided convolution)."""
+    out = list(graph.test_sizes())
+    base = graph.sizes("opt")
+    for name, axis in graph.dynamic_axes.items():
+        for value in sorted(
+            {axis.min, axis.max, (axis.min + axis.opt) // 2 | 1, ((axis.opt + axis.max) // 2) | 1}
+        ):
+            if axis.min <= value <= axis.max and value != axis.opt:
+                candidate = {**base, name: value}
+                if candidate not in out:
+                    out.append(candidate)
+    return out
+
+
 def check_dynamic_axes(graph: GraphSpec, path: Path) -> str | None:
     """Run the exported file at a second size on each dynamic axis; report a failure."""
     import onnxruntime as ort
 
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:
         return f"ONNX Runtime cannot load the graph: {exc}"
-    for sizes in graph.test_sizes():
+    for sizes in probe_sizes(graph):
         inputs = graph.make_inputs(sizes, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             ref = as_tuple(graph.module(*inputs))
@@ -387,10 +451,13 @@ def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = src.with_suffix(".prep.onnx")
+    # Shape inference only: the graph was already cleaned up, and the pre-processor's own
+    # optimisation pass can fold shape-dependent subgraphs at one size and break dynamic axes
+    # (seen on the HTR attention at a second width).
     try:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=False)
+        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=False)
     except Exception:
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
     exclude = sorted({*graph.quantization.exclude_nodes, *options.exclude_nodes})
     excluded_types = {*graph.quantization.exclude_op_types, *options.exclude_op_types}
     model = onnx.load(str(prepared))
