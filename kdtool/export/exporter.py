@@ -165,6 +165,26 @@ class Exporter(ABC):
         return {"torch": torch.__version__, "python": platform.python_version()}
 
 
+def run_in_fixed_batches(
+    run_once: Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
+    inputs: tuple[torch.Tensor, ...],
+    static_batch: int | None,
+) -> tuple[torch.Tensor, ...]:
+    """Run a graph exported with a fixed batch N on any batch: inputs are cut into chunks of
+    N along dim 0 (the last padded by repeating its final sample) and outputs joined again."""
+    if static_batch is None or inputs[0].shape[0] == static_batch:
+        return run_once(inputs)
+    total = inputs[0].shape[0]
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    for start in range(0, total, static_batch):
+        part = [x[start : start + static_batch] for x in inputs]
+        short = static_batch - part[0].shape[0]
+        if short:
+            part = [torch.cat([p, p[-1:].expand(short, *p.shape[1:])]) for p in part]
+        chunks.append(run_once(tuple(part)))
+    return tuple(torch.cat([c[i] for c in chunks])[:total] for i in range(len(chunks[0])))
+
+
 def compare_outputs(
     graph: str,
     sizes: dict[str, int],

@@ -54,6 +54,7 @@ from kdtool.export.exporter import (
     ExporterOptions,
     VerifyResult,
     compare_outputs,
+    run_in_fixed_batches,
 )
 from kdtool.export.spec import ExportSpec, GraphSpec, TensorSpec, as_tuple
 
@@ -867,17 +868,7 @@ def _model_callable(
         return tuple(torch.cat([r[k] for r in results]) for k in range(len(results[0])))
 
     def run(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if static_batch is None or tensors[0].shape[0] == static_batch:
-            return run_once(tensors)
-        total = tensors[0].shape[0]
-        chunks = []
-        for start in range(0, total, static_batch):
-            part = [x[start : start + static_batch] for x in tensors]
-            short = static_batch - part[0].shape[0]
-            if short:
-                part = [torch.cat([p, p[-1:].expand(short, *p.shape[1:])]) for p in part]
-            chunks.append(run_once(tuple(part)))
-        return tuple(torch.cat([c[i] for c in chunks])[:total] for i in range(len(chunks[0])))
+        return run_in_fixed_batches(run_once, tensors, static_batch)
 
     return run
 

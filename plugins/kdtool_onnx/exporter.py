@@ -40,6 +40,7 @@ from kdtool.export.exporter import (
     ParityResult,
     VerifyResult,
     compare_outputs,
+    run_in_fixed_batches,
 )
 from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple
 
@@ -606,17 +607,7 @@ def _session_callable(
         return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
 
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if static_batch is None or inputs[0].shape[0] == static_batch:
-            return run_once(inputs)
-        total = inputs[0].shape[0]
-        chunks: list[tuple[torch.Tensor, ...]] = []
-        for start in range(0, total, static_batch):
-            part = [x[start : start + static_batch] for x in inputs]
-            short = static_batch - part[0].shape[0]
-            if short:
-                part = [torch.cat([p, p[-1:].expand(short, *p.shape[1:])]) for p in part]
-            chunks.append(run_once(tuple(part)))
-        return tuple(torch.cat([c[i] for c in chunks])[:total] for i in range(len(chunks[0])))
+        return run_in_fixed_batches(run_once, inputs, static_batch)
 
     return run
 
