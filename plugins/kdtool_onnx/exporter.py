@@ -65,6 +65,11 @@ class OnnxOptions(ExporterOptions):
     symmetric_activations: bool = False
     exclude_nodes: list[str] = Field(default_factory=list)
     exclude_op_types: list[str] = Field(default_factory=list)
+    # Per-layer sensitivity pass (static INT8): keep the most sensitive layers in float until
+    # the relative output error on real samples is within max_quant_error.
+    sensitivity: bool = False
+    max_quant_error: float = Field(default=0.05, ge=0)
+    max_excluded: int = Field(default=8, ge=1)
     execution_provider: Literal["cpu", "cuda", "coreml", "xnnpack"] = "cpu"
     threads: int = Field(default=0, ge=0, description="intra-op threads at load time (0: ORT's default)")
 
@@ -495,19 +500,30 @@ def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode:
             "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile,
         }[options.calibration]
-        quantize_static(
-            str(prepared),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=options.per_channel,
-            activation_type=QuantType.QInt8 if options.activations == "s8" else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            nodes_to_exclude=exclude_resolved,
-            op_types_to_quantize=op_types,
-            extra_options={"ActivationSymmetric": options.symmetric_activations, "WeightSymmetric": True},
-        )
+
+        def run_static(target: Path, excluded: list[str], only: list[str] | None = None) -> None:
+            reader.rewind()
+            quantize_static(
+                str(prepared),
+                str(target),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=options.per_channel,
+                activation_type=QuantType.QInt8 if options.activations == "s8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                nodes_to_exclude=excluded,
+                nodes_to_quantize=only,
+                op_types_to_quantize=op_types,
+                extra_options={"ActivationSymmetric": options.symmetric_activations, "WeightSymmetric": True},
+            )
+
+        run_static(dst, exclude_resolved)
+        if options.sensitivity:
+            info["sensitivity"] = sensitivity_pass(
+                graph, prepared, dst, options, exclude_resolved, run_static
+            )
+            info["excluded_nodes"] = info["sensitivity"]["excluded"]
         info.update(
             calibration=options.calibration,
             calibration_samples=len(reader),
@@ -517,6 +533,82 @@ def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode:
         )
     prepared.unlink(missing_ok=True)
     return info
+
+
+def output_error(
+    path: Path,
+    graph: GraphSpec,
+    samples: list[tuple[torch.Tensor, ...]],
+    refs: list[tuple[torch.Tensor, ...]],
+) -> float:
+    """Worst relative output error (max abs error / max abs reference) over real samples."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for inputs, ref in zip(samples, refs, strict=True):
+        got = run_session(session, graph, inputs)
+        for r, g in zip(ref, got, strict=False):
+            if r.is_floating_point() and r.numel():
+                worst = max(
+                    worst, float((r.float() - g.float()).abs().max()) / max(float(r.abs().max()), 1e-12)
+                )
+    return worst
+
+
+def sensitivity_pass(
+    graph: GraphSpec,
+    prepared: Path,
+    dst: Path,
+    options: OnnxOptions,
+    excluded: list[str],
+    run_static: Any,
+) -> dict[str, Any]:
+    """Keep the most sensitive layers in float until the INT8 output error is within budget.
+
+    Sensitivity of a layer = how much the output error (on real calibration samples) falls
+    when that layer alone is left in float and everything else is quantized. Layers are then
+    excluded, most sensitive first, until the error of the whole quantized graph is at most
+    ``max_quant_error`` or ``max_excluded`` layers are out. The output error is a proxy for the
+    task metric, which the driver then measures next to PyTorch's."""
+    assert graph.calibration_inputs is not None
+    samples = list(_take(graph.calibration_inputs(8), 8))
+    with torch.no_grad():
+        refs = [as_tuple(graph.module(*x)) for x in samples]
+    model = onnx.load(str(prepared))
+    candidates = [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and n.name not in excluded
+    ]
+    error_all = output_error(dst, graph, samples, refs)
+    result: dict[str, Any] = {
+        "error_all_quantized": error_all,
+        "target": options.max_quant_error,
+        "layers": {},
+        "excluded": list(excluded),
+    }
+    if error_all <= options.max_quant_error or not candidates:
+        result["error_final"] = error_all
+        return result
+    probe = dst.with_suffix(".probe.onnx")
+    for name in candidates:
+        run_static(probe, [*excluded, name])
+        result["layers"][name] = error_all - output_error(probe, graph, samples, refs)
+    ranked = sorted(candidates, key=lambda n: result["layers"][n], reverse=True)
+    chosen = list(excluded)
+    error = error_all
+    for name in ranked[: options.max_excluded]:
+        chosen.append(name)
+        run_static(dst, chosen)
+        error = output_error(dst, graph, samples, refs)
+        if error <= options.max_quant_error:
+            break
+    probe.unlink(missing_ok=True)
+    result.update(excluded=chosen, error_final=error)
+    return result
 
 
 def embed_metadata(path: Path, spec: ExportSpec, graph: GraphSpec) -> None:

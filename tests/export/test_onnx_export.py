@@ -267,3 +267,25 @@ def test_int8_warning_compares_against_the_fastest_float_of_the_same_runtime() -
         row("i8", "tensorrt", "int8", 0.7),
     ]
     assert "(FP16)" in int8_warnings(trt)[0]
+
+
+def test_int8_sensitivity_pass_keeps_the_most_sensitive_layers_in_float(run_dir: Path) -> None:
+    # a budget of 0 cannot be met: the pass excludes layers until max_excluded
+    m = export(
+        run_dir,
+        "onnx-cpu-int8",
+        options=["sensitivity=true", "max_quant_error=0.0", "max_excluded=2"],
+        out=run_dir / "sens",
+    ).manifest
+    q = m["details"]["graphs"]["model"]["quantization"]
+    report = q["sensitivity"]
+    assert len(report["layers"]) >= 3  # every Conv/Gemm layer was scored (left out alone)
+    ranked = sorted(report["layers"], key=report["layers"].get, reverse=True)
+    assert report["excluded"] == ranked[:2] == q["excluded_nodes"]
+    assert report["error_final"] < report["error_all_quantized"]
+    model = onnx.load(str(run_dir / "sens" / "model.onnx"))
+    inits = {i.name for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in report["excluded"]:
+            # the kept layer reads its float weight directly, not through DequantizeLinear
+            assert node.input[1] in inits
