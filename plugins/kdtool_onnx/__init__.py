@@ -20,17 +20,23 @@ TARGETS = [
     TargetProfile(
         name="onnx-cpu-int8",
         exporter="onnx",
-        description="x86-64 CPU, static QDQ INT8 (S8S8, per-channel weights, MinMax calibration on the recipe's data)",
+        description=(
+            "x86-64 CPU, static QDQ INT8 (S8S8, per-channel weights, MinMax calibration on the recipe's data); "
+            "weight-only INT8 for graphs whose task prefers it (RNN-T, transformers)"
+        ),
         precision="int8",
-        options={"quantization": "static", "activations": "s8", "per_channel": True, "calibration": "minmax"},
+        options={"quantization": "auto", "activations": "s8", "per_channel": True, "calibration": "minmax"},
         machine={"cpu_arch": "x86_64"},
     ),
     TargetProfile(
         name="onnx-arm64-int8",
         exporter="onnx",
-        description="ARM64 CPU (phones, Jetson CPU, Apple silicon via ORT), static QDQ INT8 U8S8, per-channel",
+        description=(
+            "ARM64 CPU (phones, Jetson CPU, Apple silicon via ORT), static QDQ INT8 U8S8, per-channel "
+            "(weight-only where the task prefers it)"
+        ),
         precision="int8",
-        options={"quantization": "static", "activations": "u8", "per_channel": True, "calibration": "minmax"},
+        options={"quantization": "auto", "activations": "u8", "per_channel": True, "calibration": "minmax"},
         machine={"cpu_arch": "aarch64"},
     ),
     TargetProfile(
