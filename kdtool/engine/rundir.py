@@ -92,14 +92,33 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line (training logs and evaluations)."""
+    """``metrics.jsonl``: one JSON object per line (training logs and evaluations), mirrored to
+    TensorBoard under ``run_dir/tensorboard`` when the recipe asks (``logging.tensorboard``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, tensorboard: bool = False) -> None:
         self.path = path
+        self._writer: Any = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from kdtool.errors import RecipeError
+
+                raise RecipeError(
+                    "logging.tensorboard is on, but the tensorboard package is not installed",
+                    hint="pip install tensorboard, or set logging.tensorboard: false",
+                ) from None
+            self._writer = SummaryWriter(log_dir=str(path.parent / "tensorboard"))
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            prefix = f"{record.get('stage', '')}/{record.get('split', '')}"
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch"):
+                    self._writer.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
+            self._writer.flush()
 
     def truncate_after(self, stage: str, step: int) -> None:
         """Drop records of ``stage`` after ``step`` (a resumed run logs them again)."""

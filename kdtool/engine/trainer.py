@@ -485,7 +485,9 @@ class Engine:
         ctx.total_steps = total_steps
 
         stage_ckpt_dir = run_dir / "checkpoints" / stage.name
-        metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+        metrics_log = MetricsLog(
+            run_dir / "metrics.jsonl", tensorboard=recipe.logging.tensorboard and dist_info.is_main
+        )
         state = TrainerState(step=0, epoch=0, best_metric=None, best_step=None, train_seconds=0.0)
         ckpt = latest_checkpoint(stage_ckpt_dir) if self.opts.resume else None
         if ckpt is not None:

@@ -216,3 +216,16 @@ def test_student_and_baseline_start_from_the_same_weights(tmp_path: Path) -> Non
     a, b = weights(run_dir, "student"), weights(run_dir, "baseline_student")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(weights(run_dir, "teacher")["net.1.weight"][:16, :8], a["net.1.weight"][:16, :8])
+
+
+def test_tensorboard_logging_mirrors_metrics_or_says_how_to_install(tmp_path: Path) -> None:
+    import importlib.util
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(RecipeError, match="pip install tensorboard"):
+            run(path, ["logging.tensorboard=true"], only=["teacher"], max_steps=5)
+        return
+    run_dir = run(path, ["logging.tensorboard=true"], only=["teacher"], max_steps=5)
+    assert isinstance(run_dir, Path)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
