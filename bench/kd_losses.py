@@ -2,7 +2,7 @@
 
 Trains the teacher of ``recipes/image_classification.yaml`` once, then for every registered
 loss whose forward takes ``(student_logits, teacher_logits)`` distils the student with
-``0.3 CE + 0.7 KD`` over several seeds, plus the CE-only baseline on the same seeds. Prints
+the recipe's CE and KD weights over several seeds, plus the CE-only baseline on the same seeds. Prints
 mean +- std of validation accuracy and the paired difference to the baseline; writes JSON.
 
     python bench/kd_losses.py [--seeds 0 1 2] [--epochs 6]
@@ -68,6 +68,7 @@ def main() -> int:
     base["logging"] = {"progress": False}
     teacher_recipe = copy.deepcopy(base)
     teacher_recipe["stages"] = [s for s in base["stages"] if s["name"] == "teacher"]
+    teacher_recipe["deploy_model"] = None
     teacher_run = run(teacher_recipe)
     teacher_acc = accuracy(teacher_run, "teacher")
     student_stage = next(s for s in base["stages"] if s["name"] == "student")
@@ -75,6 +76,7 @@ def main() -> int:
     if args.epochs:
         student_stage["epochs"] = baseline_stage["epochs"] = args.epochs
     losses = logit_losses()
+    ce_weight = next(t["weight"] for t in student_stage["losses"] if t["name"] == "ce")
     results: dict[str, list[float]] = {"baseline (CE only)": [], **{f"CE + {loss}": [] for loss in losses}}
     for seed in args.seeds:
         # one run per seed: every student and the baseline see the same data order (paired)
@@ -83,7 +85,13 @@ def main() -> int:
             stage = copy.deepcopy(student_stage)
             stage["name"] = f"student_{loss}"
             stage["teachers"] = [{"name": "teacher", "run": str(teacher_run), "model": "teacher"}]
-            stage["losses"] = [{"name": "ce", "weight": 0.3}, {"name": "kd", "loss": loss, "weight": 0.7}]
+            # the recipe's weights; the recipe's KD options only for the loss it names
+            recipe_kd = next(t for t in student_stage["losses"] if t.get("loss"))
+            options = recipe_kd.get("options", {}) if recipe_kd["loss"] == loss else {}
+            stage["losses"] = [
+                {"name": "ce", "weight": ce_weight},
+                {"name": "kd", "loss": loss, "weight": recipe_kd["weight"], "options": options},
+            ]
             stages.append(stage)
         baseline = copy.deepcopy(baseline_stage)
         baseline["baseline_for"] = stages[0]["name"]

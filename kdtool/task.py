@@ -148,6 +148,11 @@ class Task(ABC):
         :meth:`teacher_cache_safe` allows."""
         raise NotImplementedError(f"task {self.name!r} does not compute teacher outputs")
 
+    def train_indices(self, stage: StageConfig) -> list[int] | None:
+        """The training samples a stage draws its batches from (None: all of them). E.g. a
+        supervised baseline in a semi-supervised recipe trains on the labelled subset only."""
+        return None
+
     def check_teacher(self, stage: StageConfig, name: str, teacher: nn.Module) -> None:
         """Fail early, naming both, when a teacher and the data disagree (input shape,
         number of classes, label order). Called once per teacher when a stage starts."""

@@ -1079,8 +1079,10 @@ def check_task(
             train = datasets["train"]
             if hasattr(train, "set_epoch"):
                 c.call("dataset", "set_epoch(0)", train.set_epoch, 0)
-            size = max(1, min(batch_size, stage.batch_size, len(train)))  # type: ignore[arg-type]
-            items = [c.call("dataset", f"train dataset[{i}]", train.__getitem__, i) for i in range(size)]
+            chosen = c.call("train_indices", f"{where}: train_indices", instance.train_indices, stage)
+            pool = list(chosen) if chosen is not None else list(range(len(train)))  # type: ignore[arg-type]
+            size = max(1, min(batch_size, stage.batch_size, len(pool)))
+            items = [c.call("dataset", f"train dataset[{i}]", train.__getitem__, i) for i in pool[:size]]
             batch = c.call("collate", f"collate({size} items)", instance.collate, items)
             c.require(
                 isinstance(batch, dict) and "index" in batch,

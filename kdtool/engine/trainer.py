@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdtool import __version__
 from kdtool.data import EpochSampler
@@ -407,17 +407,21 @@ class Engine:
         losses = build_losses(stage, self.registries).to(device)
 
         train_set = self._dataset("train")
+        subset = task.train_indices(stage)
+        stage_set: Dataset[Any] = train_set if subset is None else Subset(train_set, subset)
+        if subset is not None and len(subset) == 0:
+            raise RecipeError(f"stage {stage.name!r}: the task selected no training samples for this stage")
         per_rank = self._per_rank_batch(stage)
         # Every stage sees the data in the same order (seeded by the recipe, not the stage), so
         # a student and its baseline are paired sample for sample.
         sampler = EpochSampler(
-            len(train_set),  # type: ignore[arg-type]
+            len(stage_set),  # type: ignore[arg-type]
             seed=recipe.seed,
             rank=dist_info.rank,
             world_size=dist_info.world_size,
         )
         loader = DataLoader(
-            train_set,
+            stage_set,
             batch_size=per_rank,
             sampler=sampler,
             collate_fn=task.collate,
@@ -430,7 +434,7 @@ class Engine:
         steps_per_epoch = len(sampler) // per_rank // stage.grad_accum
         if steps_per_epoch == 0:
             raise RecipeError(
-                f"stage {stage.name!r}: the training split has {len(train_set)} samples, fewer than one step of "  # type: ignore[arg-type]
+                f"stage {stage.name!r}: the stage trains on {len(stage_set)} samples, fewer than one step of "  # type: ignore[arg-type]
                 f"batch_size x grad_accum = {stage.batch_size * stage.grad_accum}"
             )
         total_steps = self._total_steps(stage, steps_per_epoch)

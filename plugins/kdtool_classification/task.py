@@ -191,6 +191,25 @@ class ClassificationTask(Task):
                     terms[term.name] = ctx.loss(term.name)(kd_logits, teacher_logits)
         return terms
 
+    def train_indices(self, stage: StageConfig) -> list[int] | None:
+        """A stage without teachers can learn only from labels: with ``labeled_fraction`` < 1 it
+        draws its batches from the labelled subset, so a supervised baseline gets full batches
+        of labelled images for the same number of steps (not 90% ignored samples)."""
+        fraction = StageOptions.model_validate(stage.options).labeled_fraction
+        if fraction >= 1.0 or stage.teachers:
+            return None
+        return torch.nonzero(self._labeled_mask(fraction)).flatten().tolist()
+
+    def _labeled_mask(self, fraction: float) -> torch.Tensor:
+        n = len(self.build_dataset("train"))  # type: ignore[arg-type]
+        key = (n, fraction)
+        if key not in self._labeled_masks:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 4242))
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[order[: max(1, int(round(n * fraction)))]] = True
+            self._labeled_masks[key] = mask
+        return self._labeled_masks[key]
+
     def _visible_labels(self, stage: StageConfig, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's labels, hidden (set to UNLABELED) outside the stage's labelled subset.
 
@@ -201,14 +220,7 @@ class ClassificationTask(Task):
         labels = batch["label"]
         if options.labeled_fraction >= 1.0:
             return labels
-        n = len(self.build_dataset("train"))  # type: ignore[arg-type]
-        key = (n, options.labeled_fraction)
-        if key not in self._labeled_masks:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 4242))
-            mask = torch.zeros(n, dtype=torch.bool)
-            mask[order[: max(1, int(round(n * options.labeled_fraction)))]] = True
-            self._labeled_masks[key] = mask
-        keep = self._labeled_masks[key][batch["index"].cpu()].to(labels.device)
+        keep = self._labeled_mask(options.labeled_fraction)[batch["index"].cpu()].to(labels.device)
         return torch.where(keep, labels, torch.full_like(labels, UNLABELED))
 
     def _teacher_input(self, teacher: nn.Module, image: torch.Tensor) -> torch.Tensor:
