@@ -41,18 +41,25 @@ def load_image(path: Path, channels: int, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-class ArrayDataset(Dataset[dict[str, Any]]):
-    """Images already in memory, with optional per-sample seeded shift augmentation."""
+class _SeededDataset(Dataset[dict[str, Any]]):
+    """Augmentation drawn from ``sample_rng(seed, epoch, index)``; the engine sets the epoch."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool, seed: int) -> None:
-        self.images = images
-        self.labels = labels
+    def __init__(self, *, augment: bool, seed: int) -> None:
         self.augment = augment
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+
+class ArrayDataset(_SeededDataset):
+    """Images already in memory, with optional per-sample seeded shift augmentation."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, augment: bool, seed: int) -> None:
+        super().__init__(augment=augment, seed=seed)
+        self.images = images
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,21 +74,16 @@ class ArrayDataset(Dataset[dict[str, Any]]):
         return {"image": image, "label": int(self.labels[index]), "index": index}
 
 
-class FileDataset(Dataset[dict[str, Any]]):
+class FileDataset(_SeededDataset):
     """Images read from disk on access (ImageFolder or a manifest)."""
 
     def __init__(
         self, items: list[tuple[Path, int]], *, channels: int, size: int, augment: bool, seed: int
     ) -> None:
+        super().__init__(augment=augment, seed=seed)
         self.items = items
         self.channels = channels
         self.size = size
-        self.augment = augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)

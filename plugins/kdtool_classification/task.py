@@ -170,7 +170,7 @@ class ClassificationTask(Task):
     def training_step(
         self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
     ) -> dict[str, torch.Tensor]:
-        image = (batch["image"] - self.data.mean) / self.data.std
+        image = self._normalize(batch["image"])
         logits = models[stage.model](image).float()
         num_classes = len(self.labels)
         label_logits, kd_logits = logits, logits
@@ -223,10 +223,14 @@ class ClassificationTask(Task):
         keep = self._labeled_mask(options.labeled_fraction)[batch["index"].cpu()].to(labels.device)
         return torch.where(keep, labels, torch.full_like(labels, UNLABELED))
 
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """Training inputs: [0, 1] pixels normalised as the exported graph does inside."""
+        return (image - self.data.mean) / self.data.std
+
     def _teacher_input(self, teacher: nn.Module, image: torch.Tensor) -> torch.Tensor:
         if getattr(teacher, "kdtool_source", None) in EXTERNAL_SOURCES:
             return image
-        return (image - self.data.mean) / self.data.std
+        return self._normalize(image)
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
