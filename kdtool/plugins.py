@@ -4,7 +4,8 @@ A plugin that fails to import or to register is recorded with its error (and one
 line on stderr); the rest keep working. A plugin whose optional dependency is missing is
 *unavailable*, with the install line. ``KDTOOL_DISABLE_PLUGINS=a,b`` blocks plugins by
 entry-point or distribution name. Two plugins registering one name is a conflict that names
-both: ``kdtool plugins`` lists it, and any command that needs the registries fails with it.
+both: ``kdtool plugins`` lists it, every command warns about it once on stderr, and only a
+command that uses the clashing name fails (see :class:`kdtool.registry.Registry`).
 """
 
 from __future__ import annotations
@@ -233,13 +234,14 @@ class PluginManager:
     # ------------------------------------------------------------ registries
 
     def registries(self, *, strict: bool = True) -> Registries:
-        """All registrations, built once. ``strict``: raise on a name conflict."""
+        """All registrations, built once.
+
+        A name conflict does not fail here (it was warned about while building): looking the
+        clashing name up fails, naming both plugins. ``strict`` is kept for callers written
+        for the old behaviour and has no effect.
+        """
         if self._registries is None:
             self._registries = self._build()
-        if strict and self.conflicts:
-            raise PluginError(
-                "; ".join(self.conflicts), hint=f"uninstall one plugin or block it with {DISABLE_ENV}"
-            )
         return self._registries
 
     def _build(self) -> Registries:
@@ -278,7 +280,10 @@ class PluginManager:
                         target.register(key, obj, owner=impl.plugin_name, description=description)
                     except PluginError as exc:
                         self.conflicts.append(exc.message)
-                        self._warn(exc.message)
+                        self._warn(
+                            f"{exc.message}; commands that use {key!r} fail until one plugin is "
+                            f"uninstalled or blocked ({DISABLE_ENV}={impl.plugin_name})"
+                        )
                         continue
                     info.registered.setdefault(target.kind, []).append(key)
         for entry in regs.exporters.entries():
@@ -292,10 +297,15 @@ class PluginManager:
         # exporter and target names share one namespace: `--target` takes either.
         for name in regs.targets.names():
             if name in regs.exporters:
-                self.conflicts.append(
+                message = (
                     f"target profile {name!r} (plugin {regs.targets.owner(name)!r}) has the name of an exporter "
                     f"(plugin {regs.exporters.owner(name)!r})"
                 )
+                self.conflicts.append(message)
+                self._warn(f"{message}; `--target {name}` fails until one plugin is uninstalled or blocked")
+                error = PluginError(message, hint=f"uninstall one plugin or block it with {DISABLE_ENV}")
+                regs.targets.mark_clash(name, error)
+                regs.exporters.mark_clash(name, error)
         return regs
 
     # ------------------------------------------------------------ lifecycle

@@ -49,10 +49,12 @@ class TeacherRef(_Strict):
     - ``run`` + ``model``: a model of another run (its summary.json names it);
     - ``checkpoint`` + ``arch`` (+ ``options``): a safetensors file for a registered architecture;
     - ``onnx``: an ONNX file run through onnxruntime (any framework that exports ONNX can teach);
-    - ``program``: a ``torch.export`` ExportedProgram (``.pt2``).
+    - ``program``: a ``torch.export`` ExportedProgram (``.pt2``). An archive whose parts
+      need pickle (which can run code) is refused unless ``trust_code: true``.
 
     Teachers from ``onnx`` and ``program`` files take the task's deploy inputs (what its
     exported models take, e.g. pixels in [0, 1]); the others take its training inputs.
+    File paths resolve against the working directory.
     """
 
     name: str
@@ -63,6 +65,8 @@ class TeacherRef(_Strict):
     arch: str | None = None
     onnx: str | None = None
     program: str | None = None
+    # allow a `program` archive whose parts need pickle: only for files from a trusted source
+    trust_code: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -27,28 +27,48 @@ def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
 
 
 class Registry(Generic[T]):
-    """Named objects of one kind (``kind`` is used in messages: "task", "loss", ...)."""
+    """Named objects of one kind (``kind`` is used in messages: "task", "loss", ...).
+
+    A name registered twice (two plugins, one name) is a *clash*: the registry keeps going,
+    and only looking the name up fails, with an error naming both plugins. So one plugin's
+    clash breaks the commands that use that name, not every command.
+    """
 
     def __init__(self, kind: str, error: type[KdtoolError] = PluginError) -> None:
         self.kind = kind
         self._error = error
         self._entries: dict[str, Entry[T]] = {}
+        self._clashes: dict[str, PluginError] = {}
 
     def register(self, name: str, obj: T, *, owner: str = "kdtool", description: str = "") -> None:
+        """Add ``name``; a second registration of it raises the clash error (and is recorded)."""
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {owner!r} registered a {self.kind} with an invalid name {name!r}")
         existing = self._entries.get(name)
         if existing is not None:
-            raise PluginError(
+            error = PluginError(
                 f"{self.kind} {name!r} is registered twice: by plugin {existing.owner!r} and by plugin {owner!r}",
                 hint=f"uninstall one of them or block it with KDTOOL_DISABLE_PLUGINS={owner}",
             )
+            self._clashes.setdefault(name, error)
+            raise error
         self._entries[name] = Entry(name, obj, owner, description)
+
+    def mark_clash(self, name: str, error: PluginError) -> None:
+        """Make looking ``name`` up fail with ``error`` (a clash found outside this registry)."""
+        self._clashes.setdefault(name, error)
+
+    def clash(self, name: str) -> PluginError | None:
+        """The error a lookup of ``name`` raises because two plugins claim it, if they do."""
+        return self._clashes.get(name)
 
     def get(self, name: str) -> T:
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
+        clash = self._clashes.get(name)
+        if clash is not None:
+            raise PluginError(clash.message, hint=clash.hint)
         try:
             return self._entries[name]
         except KeyError:
@@ -62,6 +82,9 @@ class Registry(Generic[T]):
         return self._error(f"unknown {self.kind} {name!r}; known: {listing}", hint=hint)
 
     def owner(self, name: str) -> str:
+        """The plugin that registered ``name`` first (a clash does not hide it)."""
+        if name in self._entries:
+            return self._entries[name].owner
         return self.entry(name).owner
 
     def names(self) -> list[str]:

@@ -105,6 +105,8 @@ class Task(ABC):
     primary_metric: ClassVar[PrimaryMetric]
     # Stage roles this task can train, with a line of what each does (``kdtool recipes``).
     description: ClassVar[str] = ""
+    # What `kdtool predict` accepts for this task, in a phrase (shown by `kdtool predict --help`).
+    predict_inputs: ClassVar[str] = ""
 
     def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
         self.options = options

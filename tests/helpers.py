@@ -89,6 +89,9 @@ def run_cli(
     args: list[str], *, env_extra: dict[str, str] | None = None, cwd: Path | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **(env_extra or {})}
+    if env_extra and "PYTHONPATH" in env_extra and os.environ.get("PYTHONPATH"):
+        # extra paths come first; the caller's own PYTHONPATH (a checkout under test) stays
+        env["PYTHONPATH"] = env_extra["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
     return subprocess.run(
         [sys.executable, "-m", "kdtool", *args],
         capture_output=True,

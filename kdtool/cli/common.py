@@ -1,4 +1,4 @@
-"""Shared CLI pieces."""
+"""Shared CLI pieces (light: importing this module imports neither torch nor plugins)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="Override a recipe value: a.b.c=value (list items by name, e.g. stages.student.epochs=3).",
+        metavar="KEY=VALUE",
+        help="Override a recipe value: a.b.c=value (list items by name, e.g. stages.student.epochs=3). "
+        "Repeatable.",
     ),
 ]
+
+
+def predict_inputs_help() -> str:
+    """What ``kdtool predict`` accepts, per installed task (asked of the task registry)."""
+    from kdtool.plugins import get_registries
+
+    tasks = get_registries().tasks
+    lines = ["Inputs by task (installed plugins):"]
+    for entry in tasks.entries():
+        accepts = getattr(entry.obj, "predict_inputs", "") or "not said by the task"
+        lines.append(f"  {entry.name}: {accepts}")
+    return "\n".join(lines) if len(lines) > 1 else "No task plugins are installed."

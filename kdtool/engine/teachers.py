@@ -1,5 +1,9 @@
 """Frozen teachers from files made elsewhere: ONNX (through onnxruntime) and ``.pt2``.
 
+Paths in a recipe resolve against the working directory (not the recipe's folder); errors
+name the resolved path. ONNX is the safe format (onnxruntime runs no code from the file);
+a ``.pt2`` archive that needs pickle is refused unless trusted (:mod:`kdtool.pt2`).
+
 They are wrapped as ``nn.Module``s so a task calls every teacher the same way. Their
 ``kdtool_source`` attribute ("onnx", "program") tells a task that they take deploy inputs
 (what exported models take) rather than training inputs.
@@ -27,8 +31,10 @@ class OnnxTeacher(nn.Module):
         super().__init__()
         import onnxruntime as ort
 
+        from kdtool.pt2 import describe_path, quiet_third_party
+
         if not path.exists():
-            raise RecipeError(f"ONNX teacher not found: {path}")
+            raise RecipeError(f"ONNX teacher not found: {describe_path(path)}")
         providers = ["CPUExecutionProvider"]
         if (
             device is not None
@@ -39,9 +45,11 @@ class OnnxTeacher(nn.Module):
         so = ort.SessionOptions()
         so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=providers)
+            with quiet_third_party():
+                self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:
-            raise RecipeError(f"cannot load ONNX teacher {path}: {str(exc).splitlines()[0]}") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RecipeError(f"cannot load ONNX teacher {describe_path(path)}: {first}") from None
         self.path = path
         self.input_meta = [(i.name, i.shape, i.type) for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -66,18 +74,17 @@ class ProgramTeacher(nn.Module):
 
     The program's module does not support ``.eval()``/``.to()``, so it is held outside the
     module tree and run on the device it was exported for (the CPU unless saved otherwise).
+    Loading refuses archives whose parts need pickle unless ``trust`` (the teacher's
+    ``trust_code: true``) or ``kdtool --trust`` allows it: see :mod:`kdtool.pt2`.
     """
 
     kdtool_source = "program"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, trust: bool = False) -> None:
         super().__init__()
-        if not path.exists():
-            raise RecipeError(f"program teacher not found: {path}")
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:
-            raise RecipeError(f"cannot load torch.export program {path}: {exc}") from None
+        from kdtool.pt2 import load_program
+
+        program = load_program(path, trust=trust, what="program teacher")
         self.path = path
         self._program = [program.module()]
 
@@ -89,5 +96,5 @@ class ProgramTeacher(nn.Module):
         return out.to(device)
 
 
-def load_program_teacher(path: Path) -> nn.Module:
-    return ProgramTeacher(path)
+def load_program_teacher(path: Path, *, trust: bool = False) -> nn.Module:
+    return ProgramTeacher(path, trust=trust)

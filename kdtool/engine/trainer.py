@@ -156,7 +156,7 @@ def load_teacher(
     if ref.program is not None:
         from kdtool.engine.teachers import load_program_teacher
 
-        return load_program_teacher(Path(ref.program))
+        return load_program_teacher(Path(ref.program), trust=ref.trust_code)
     assert ref.checkpoint is not None and ref.arch is not None
     built = build_model(task, registries, ref.name, ModelConfig(arch=ref.arch, options=ref.options))
     try:

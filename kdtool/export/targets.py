@@ -6,8 +6,6 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 
 @dataclass(frozen=True)
 class TargetProfile:
@@ -35,6 +33,8 @@ class TargetProfile:
                 False,
                 f"tuned for {arch}; this machine is {here}: numerics checked, latency not representative",
             )
+        import torch  # here, not at import: plugins import this module while kdtool starts
+
         if self.machine.get("cuda") and not torch.cuda.is_available():
             return False, "needs an NVIDIA GPU; CUDA is not available here"
         cc = self.machine.get("compute_capability")

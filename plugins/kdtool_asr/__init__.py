@@ -53,6 +53,13 @@ def register_optimizers(register: Register) -> None:
 
 @hookimpl
 def register_commands(app: Any) -> None:
-    from .subnets import register_subnets_command
+    # lazy: `kdtool --help` lists the command without importing kdtool_asr.subnets (torch)
+    from kdtool.cli.lazy import add_lazy_command
 
-    register_subnets_command(app)
+    add_lazy_command(
+        app,
+        "subnets",
+        "kdtool_asr.subnets:register_subnets_command",
+        help="List a supernet run's subnets (params, WER, latency here), plot the Pareto fronts, "
+        "and with a budget add the most accurate subnet within it to the run as a model.",
+    )

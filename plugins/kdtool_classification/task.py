@@ -91,6 +91,7 @@ class Normalized(nn.Module):
 
 class ClassificationTask(Task):
     name = "image_classification"
+    predict_inputs = "image files (PNG, JPEG, ...: what Pillow opens), resized to the model's input; prints the top-3 labels"
     description = "image classification: soft-target KD from a teacher into a smaller classifier"
     DataOptions = ClassificationData
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)

@@ -217,6 +217,10 @@ class SegmentationLADTask(Task):
     """Semantic segmentation with Label Assisted Distillation (see the module docstring)."""
 
     name: ClassVar[str] = "segmentation_lad"
+    predict_inputs: ClassVar[str] = (
+        "image files (PNG, JPEG, ...) for a student model; writes <name>_mask.png (the label-assisted "
+        "teacher also needs label maps, so it is not run by predict)"
+    )
     Options: ClassVar[type[TaskOptions]] = SegmentationOptions
     DataOptions: ClassVar[type[TaskOptions]] = SegmentationData
     primary_metric: ClassVar[PrimaryMetric] = PrimaryMetric("miou", higher_is_better=True)

@@ -69,7 +69,10 @@ def export_graph(graph: GraphSpec, path: Path, *, strict: bool) -> None:
 
 
 def _callable(path: Path) -> Callable[..., tuple[torch.Tensor, ...]]:
-    module = torch.export.load(path).module()
+    # kdtool's loader refuses archives that need pickle (code) unless `kdtool --trust` is given
+    from kdtool.pt2 import load_program
+
+    module = load_program(Path(path), what="pt2 artifact", error=ExportError).module()
 
     @torch.no_grad()
     def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
