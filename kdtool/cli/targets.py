@@ -21,7 +21,8 @@ def targets(
     rows = []
     for entry in regs.targets.entries():
         profile = entry.obj
-        exporter_cls = regs.exporters.get(profile.exporter) if profile.exporter in regs.exporters else None
+        usable = profile.exporter in regs.exporters and regs.exporters.clash(profile.exporter) is None
+        exporter_cls = regs.exporters.get(profile.exporter) if usable else None
         missing = (
             exporter_cls.capabilities.missing_requirements()
             if exporter_cls
@@ -33,7 +34,8 @@ def targets(
         default_of = [
             name
             for name in regs.exporters.names()
-            if regs.exporters.get(name).capabilities.default_profile == profile.name
+            if regs.exporters.clash(name) is None
+            and regs.exporters.get(name).capabilities.default_profile == profile.name
         ]
         rows.append(
             {
