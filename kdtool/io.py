@@ -86,12 +86,14 @@ def save_weights(
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from kdtool.pt2 import describe_path
+
     if not path.exists():
-        raise RunError(f"weights file not found: {path}")
+        raise RunError(f"weights file not found: {describe_path(path)}")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise RunError(f"weights file {path} is corrupt or not safetensors: {exc}") from None
+        raise RunError(f"weights file {describe_path(path)} is corrupt or not safetensors: {exc}") from None
 
 
 def sha256_file(path: Path) -> str:

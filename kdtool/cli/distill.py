@@ -20,9 +20,11 @@ def distill(
         int | None, typer.Option("--max-steps", help="Stop every stage after N steps (quick check).")
     ] = None,
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")
+        list[str] | None, typer.Option("--only", metavar="STAGE", help="Run only this stage (repeatable).")
     ] = None,
-    skip: Annotated[list[str] | None, typer.Option("--skip", help="Skip this stage (repeatable).")] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", metavar="STAGE", help="Skip this stage (repeatable).")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate, build models, print the plan; train nothing.")
     ] = False,
