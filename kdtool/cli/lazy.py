@@ -47,6 +47,7 @@ class LazyCommand:
     def load(self) -> Any:
         """The real (tidied) click command, importing its module."""
         obj = _resolve(self.target)
+        command: Any
         if isinstance(obj, typer.Typer):
             # a sub-app with commands is a group; get_group adds no shell-completion options
             has_commands = bool(obj.registered_commands or obj.registered_groups)
@@ -64,7 +65,7 @@ class LazyCommand:
         command.name = self.name
         tidy(command)
         if self.help_extra:
-            command._kdtool_help_extra = _resolve(self.help_extra)  # type: ignore[union-attr]
+            command._kdtool_help_extra = _resolve(self.help_extra)
         return command
 
     def stub(self) -> TyperCommand:
