@@ -296,7 +296,7 @@ class PluginManager:
                 )
         # exporter and target names share one namespace: `--target` takes either.
         for name in regs.targets.names():
-            if name in regs.exporters:
+            if regs.exporters.clash(name) is None and name in regs.exporters:
                 message = (
                     f"target profile {name!r} (plugin {regs.targets.owner(name)!r}) has the name of an exporter "
                     f"(plugin {regs.exporters.owner(name)!r})"

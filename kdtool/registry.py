@@ -97,6 +97,10 @@ class Registry(Generic[T]):
         return sorted(n for n, e in self._entries.items() if e.owner == owner)
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered; for a clashing name, raise its error (a use)."""
+        if isinstance(name, str) and name in self._clashes:
+            clash = self._clashes[name]
+            raise PluginError(clash.message, hint=clash.hint)
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

@@ -21,7 +21,7 @@ def targets(
     rows = []
     for entry in regs.targets.entries():
         profile = entry.obj
-        usable = profile.exporter in regs.exporters and regs.exporters.clash(profile.exporter) is None
+        usable = regs.exporters.clash(profile.exporter) is None and profile.exporter in regs.exporters
         exporter_cls = regs.exporters.get(profile.exporter) if usable else None
         missing = (
             exporter_cls.capabilities.missing_requirements()

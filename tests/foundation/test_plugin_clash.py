@@ -55,6 +55,8 @@ def test_registry_keeps_the_first_and_refuses_lookups_of_a_clash() -> None:
     reg.register("b", 2, owner="one")
     with pytest.raises(PluginError):
         reg.register("a", 3, owner="two")
-    assert reg.get("b") == 2 and "a" in reg and reg.owner("a") == "one"
-    with pytest.raises(PluginError, match="by plugin 'one' and by plugin 'two'"):
-        reg.get("a")
+    assert reg.get("b") == 2 and "b" in reg and reg.owner("a") == "one" and reg.names() == ["a", "b"]
+    for lookup in (reg.get, reg.entry, reg.__contains__):  # every use of the name fails
+        with pytest.raises(PluginError, match="by plugin 'one' and by plugin 'two'"):
+            lookup("a")
+    assert reg.clash("b") is None and reg.clash("a") is not None
