@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from kdtool import __version__
-from kdtool.engine.rundir import read_summary, resolve_run
+from kdtool.engine.rundir import failure_note, read_summary, resolve_run
 from kdtool.engine.trainer import build_task, load_run_model
 from kdtool.errors import ExportError, KdtoolError, RunError
 from kdtool.export.exporter import Artifact, ExportContext, Exporter, ExporterOptions
@@ -166,6 +166,13 @@ class RunContext:
     def model_name(self, name: str | None) -> str:
         chosen = name or self.summary.get("deploy_model")
         models = self.summary.get("models", {})
+        failed = failure_note(self.summary)
+        if (not chosen or chosen not in models) and failed:
+            recipe = self.summary.get("recipe_file") or "RECIPE"
+            hint = f"fix the cause and train again with `kdtool distill {recipe}`"
+            if models:
+                hint += f" (add `--resume --run {self.run_dir}` to keep its finished stages: {', '.join(models)})"
+            raise RunError(f"run {self.run_dir} has no model {chosen!r}: {failed}", hint=hint)
         if not chosen or chosen not in models:
             close = suggest(chosen or "", list(models))
             raise RunError(
