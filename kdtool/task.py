@@ -105,6 +105,8 @@ class Task(ABC):
     primary_metric: ClassVar[PrimaryMetric]
     # Stage roles this task can train, with a line of what each does (``kdtool recipes``).
     description: ClassVar[str] = ""
+    # Validates ``stages[].options`` when the recipe loads (None: not checked here).
+    StageOptions: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
         self.options = options
@@ -125,6 +127,11 @@ class Task(ABC):
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(items)
+
+    def stage_options_model(self, stage: StageConfig) -> type[BaseModel] | None:
+        """The pydantic model of a stage's ``options`` (default :attr:`StageOptions`), so
+        ``recipes validate`` and ``--dry-run`` catch a misspelt key with file:line."""
+        return self.StageOptions
 
     def model_options(self, model_name: str, arch: str, options: dict[str, Any]) -> dict[str, Any]:
         """Complete a model's recipe options with what the data decides (classes, points)."""

@@ -29,6 +29,7 @@ from kdtool.engine import distributed as kdist
 from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from kdtool.engine.context import StepContext, TeacherCache
 from kdtool.engine.device import check_precision, resolve_device
+from kdtool.engine.options import check_component_options
 from kdtool.engine.progress import StageProgress
 from kdtool.engine.rundir import (
     SUMMARY_SCHEMA_VERSION,
@@ -238,6 +239,7 @@ class Engine:
         self.device = resolve_device(self.recipe.device, self.dist.local_rank)
         check_precision(self.recipe.precision, self.device)
         self.task = build_task(loaded, self.registries)
+        check_component_options(loaded, self.registries, self.task)
         self._datasets: dict[str, Dataset[Any]] = {}
         self.echo = opts.echo if self.dist.is_main else (lambda _msg: None)
 

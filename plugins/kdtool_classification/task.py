@@ -93,6 +93,7 @@ class ClassificationTask(Task):
     name = "image_classification"
     description = "image classification: soft-target KD from a teacher into a smaller classifier"
     DataOptions = ClassificationData
+    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
 
     data: ClassificationData

@@ -144,6 +144,7 @@ class HTRTask(Task):
     name = "htr"
     Options = HTROptions
     DataOptions = HTRDataOptions
+    StageOptions = HTRStageOptions  # stages[].options, checked when the recipe loads
     primary_metric = PrimaryMetric("cer", higher_is_better=False)
     description = (
         "teacher: CTC; student: CTC + KD on the teacher's per-frame posteriors (curriculum optional); "
