@@ -145,13 +145,18 @@ def cpu_latency(spec: ExportSpec, *, seconds: float = 0.5) -> tuple[float, float
 def bounded_times(fn: Callable[[], Any], *, seconds: float) -> list[float]:
     """Wall times (ms) of calls of ``fn`` that take about ``seconds`` in all, however slow
     one call is: the first call is the warm-up and sizes the rest (up to 2 more warm-ups
-    and 10 timed calls when calls are fast; 3 timed calls, no more warm-up, when one call
-    takes longer than the budget)."""
+    and at least 10 timed calls when calls are fast; 2 timed calls, no more warm-up, when
+    one call takes longer than the budget)."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
     if first >= seconds:
-        return time_calls(fn, warmup=0, min_calls=3, max_seconds=0.0)
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
     warmup = 2 if first * 12 <= seconds else 0
     min_calls = int(max(3, min(10, seconds / max(first, 1e-6) - warmup)))
     return time_calls(fn, warmup=warmup, min_calls=min_calls, max_seconds=seconds)
