@@ -9,19 +9,24 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from kdtool.engine.options import forwards_options
 
+
+@forwards_options(torch.optim.AdamW)
 def adamw(
     params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **options: Any
 ) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **options)
 
 
+@forwards_options(torch.optim.Adam)
 def adam(
     params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **options: Any
 ) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **options)
 
 
+@forwards_options(torch.optim.SGD)
 def sgd(
     params: Iterable[Any], lr: float = 1e-2, weight_decay: float = 0.0, momentum: float = 0.9, **options: Any
 ) -> torch.optim.Optimizer:
@@ -38,7 +43,7 @@ def _with_warmup(shape: Callable[[int], float], warmup_steps: int) -> Callable[[
 
 
 def constant(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, **_: Any
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 0
 ) -> LRScheduler:
     return LambdaLR(optimizer, _with_warmup(lambda step: 1.0, warmup_steps))
 
@@ -49,7 +54,7 @@ def cosine(
     total_steps: int,
     warmup_steps: int = 0,
     min_factor: float = 0.0,
-    **_: Any,
+    steps_per_epoch: int = 0,
 ) -> LRScheduler:
     span = max(1, total_steps - warmup_steps)
 
@@ -61,7 +66,12 @@ def cosine(
 
 
 def poly(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, power: float = 0.9, **_: Any
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    power: float = 0.9,
+    steps_per_epoch: int = 0,
 ) -> LRScheduler:
     """``(1 - step / total) ** power``, the semantic-segmentation standard."""
     span = max(1, total_steps - warmup_steps)
@@ -72,7 +82,7 @@ def poly(
 
 
 def linear(
-    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, **_: Any
+    optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 0
 ) -> LRScheduler:
     return poly(optimizer, total_steps=total_steps, warmup_steps=warmup_steps, power=1.0)
 

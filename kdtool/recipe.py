@@ -165,6 +165,22 @@ class LoggingConfig(_Strict):
     every_steps: int = Field(default=10, ge=1)
     tensorboard: bool = False
     progress: bool = True
+    # When stdout is not a terminal: a plain progress line every N seconds (or N steps).
+    plain_every_seconds: float = Field(default=30.0, gt=0)
+    plain_every_steps: int | None = Field(default=None, ge=1)
+
+
+class ReportConfig(_Strict):
+    """The report written at the end of ``kdtool distill`` (``kdtool report`` has flags for
+    the same). Latency timing is bounded: ``latency_seconds`` per model, ``budget_seconds``
+    for all of them."""
+
+    enabled: bool = True
+    measure: bool = True  # count MACs (and time the models, see latency)
+    latency: bool = True
+    latency_seconds: float = Field(default=0.5, gt=0)
+    budget_seconds: float = Field(default=60.0, gt=0)
+    figures: bool = True
 
 
 class ExportDefaults(_Strict):
@@ -192,6 +208,7 @@ class Recipe(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     export: ExportDefaults = Field(default_factory=ExportDefaults)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("device")
     @classmethod

@@ -107,6 +107,8 @@ class Task(ABC):
     description: ClassVar[str] = ""
     # What `kdtool predict` accepts for this task, in a phrase (shown by `kdtool predict --help`).
     predict_inputs: ClassVar[str] = ""
+    # Validates ``stages[].options`` when the recipe loads (None: not checked here).
+    StageOptions: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
         self.options = options
@@ -127,6 +129,11 @@ class Task(ABC):
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(items)
+
+    def stage_options_model(self, stage: StageConfig) -> type[BaseModel] | None:
+        """The pydantic model of a stage's ``options`` (default :attr:`StageOptions`), so
+        ``recipes validate`` and ``--dry-run`` catch a misspelt key with file:line."""
+        return self.StageOptions
 
     def model_options(self, model_name: str, arch: str, options: dict[str, Any]) -> dict[str, Any]:
         """Complete a model's recipe options with what the data decides (classes, points)."""

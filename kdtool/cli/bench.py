@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from kdtool.cli.common import console, err_console
 from kdtool.cli.evaluate import is_artifact
+from kdtool.errors import KdtoolError
 from kdtool.export.bench import (
     BenchRow,
     bench_predictor,
@@ -94,6 +99,64 @@ def bench_run(
     return row, run.run_dir
 
 
+CONTENTION_RATIO = 1.5  # p90/p50 above this: the timings spread, the machine was likely busy
+
+
+def bench_in_subprocess(request: dict[str, Any]) -> BenchRow:
+    """Measure one row in a fresh Python process, so its peak memory is its own (in one
+    process, later rows reuse memory earlier rows grew and under-report)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdtool.cli.bench", json.dumps(request)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        check=False,
+    )
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KdtoolError(f"benchmark of {request['path'] or 'runs/latest'} failed in its subprocess: {tail}")
+    data = json.loads(lines[-1])
+    if "error" in data:
+        raise KdtoolError(data["error"], hint=data.get("hint"))
+    return BenchRow(**data["row"])
+
+
+def _worker(argv: list[str]) -> int:
+    """``python -m kdtool.cli.bench REQUEST_JSON``: one row, printed as a JSON line."""
+    request = json.loads(argv[0])
+    path = Path(request["path"]) if request["path"] else None
+    common = {
+        "batch": request["batch"],
+        "seconds": request["seconds"],
+        "metric_limit": request["metric_limit"],
+        "with_metric": request["with_metric"],
+    }
+    try:
+        if request["kind"] == "artifact":
+            assert path is not None
+            row = bench_artifact(path, **common)
+        else:
+            row, _ = bench_run(path, request["model"], **common)
+    except KdtoolError as exc:
+        print(json.dumps({"error": exc.message, "hint": exc.hint}))
+        return 0
+    print(json.dumps({"row": row.to_dict()}))
+    return 0
+
+
+def contention_notes(rows: list[BenchRow]) -> list[str]:
+    """Rows whose p90/p50 says the timings spread (another process competed for the CPU)."""
+    out = []
+    for r in rows:
+        if r.latency_ms_p50 and r.latency_ms_p90 and r.latency_ms_p90 / r.latency_ms_p50 > CONTENTION_RATIO:
+            out.append(
+                f"{r.name}: p90/p50 = {r.latency_ms_p90 / r.latency_ms_p50:.1f}: the timings spread, the machine "
+                f"was probably busy; rerun on an idle machine before comparing"
+            )
+    return out
+
+
 def bench(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Runs and/or artifact folders (default: runs/latest).")
@@ -116,18 +179,21 @@ def bench(
 ) -> None:
     """Benchmark PyTorch models and exported artifacts on this machine."""
     rows: list[BenchRow] = []
+    common = {"batch": batch, "seconds": seconds, "metric_limit": metric_limit, "with_metric": not no_metric}
+    say = err_console.print if as_json else console.print
+
+    def one(kind: str, where: Path | None) -> BenchRow:
+        say(f"bench: measuring {where or 'runs/latest'} in its own process", markup=False)
+        request = {"kind": kind, "path": str(where) if where else None, "model": model, **common}
+        return bench_in_subprocess(request)
+
     for path in paths or [None]:  # type: ignore[list-item]
         if is_artifact(path):
             assert path is not None
-            rows.append(
-                bench_artifact(
-                    path, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric
-                )
-            )
+            rows.append(one("artifact", path))
             continue
-        row, run_dir = bench_run(
-            path, model, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric
-        )
+        run_dir = RunContext(path).run_dir
+        row = one("run", run_dir)
         rows.append(row)
         exports = run_dir / "exports"
         folders = (
@@ -143,13 +209,12 @@ def bench(
                 continue
             if read_manifest(folder)["model"] != row.model and not target:
                 continue
-            rows.append(
-                bench_artifact(
-                    folder, batch=batch, seconds=seconds, metric_limit=metric_limit, with_metric=not no_metric
-                )
-            )
-    warnings = int8_warnings(rows)
-    result = {"rows": [r.to_dict() for r in rows], "warnings": warnings}
+            rows.append(one("artifact", folder))
+    warnings = int8_warnings(rows) + contention_notes(rows)
+    result = {
+        "rows": [{**r.to_dict(), "busy": bool(contention_notes([r]))} for r in rows],
+        "warnings": warnings,
+    }
     if out is not None:
         from kdtool.io import write_json
 
@@ -157,7 +222,7 @@ def bench(
     if as_json:
         console.print_json(json.dumps(result))
         return
-    table = Table(title="kdtool bench (this machine)")
+    table = Table(title="kdtool bench (this machine, each row in its own process)")
     for col in (
         "artifact",
         "model",
@@ -177,12 +242,16 @@ def bench(
             r.precision,
             f"{r.size_bytes / 1024:.1f} KB",
             f"{r.latency_ms_p50:.3f}" if r.latency_ms_p50 is not None else "-",
-            f"{r.latency_ms_p90:.3f}" if r.latency_ms_p90 is not None else "-",
+            (f"{r.latency_ms_p90:.3f}" + (" !" if contention_notes([r]) else ""))
+            if r.latency_ms_p90 is not None
+            else "-",
             f"{r.throughput:.0f} (b{r.throughput_batch})" if r.throughput else "-",
             f"{r.peak_memory_mb:.1f}" if r.peak_memory_mb is not None else "-",
             f"{r.metric_name} {r.metric:.4g}" if r.metric is not None else "-",
         )
-    console.print(table)
+    # Piped to a file, rich would cut the table to 80 columns: print it at full width.
+    out_console = console if console.is_terminal else Console(width=1000, highlight=False)
+    out_console.print(table)
     for r in rows:
         for note in r.notes:
             console.print(f"{r.name}: {note}", markup=False)
@@ -192,3 +261,7 @@ def bench(
 
 def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))

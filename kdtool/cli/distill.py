@@ -10,7 +10,7 @@ import typer
 
 from kdtool.cli.common import SetOption, console
 from kdtool.engine.trainer import DistillOptions, run_recipe
-from kdtool.recipe import load_recipe
+from kdtool.recipe import ReportConfig, load_recipe
 
 
 def distill(
@@ -88,18 +88,29 @@ def distill(
         value = info["metrics"].get(metric)
         shown = f"{value:.4g}" if isinstance(value, int | float) else "-"
         console.print(f"  {name:<20} {info['role']:<9} {info['params']:>10,} params  {metric} {shown}")
-    if not no_report and os.environ.get("RANK", "0") == "0":
-        _write_report(result)
+    report = loaded.recipe.report
+    if not no_report and report.enabled and os.environ.get("RANK", "0") == "0":
+        _write_report(result, report)
 
 
-def _write_report(run_dir: Path) -> None:
-    """The run's report at the end of a run; a failure here never fails the training."""
+def _write_report(run_dir: Path, config: ReportConfig) -> None:
+    """The run's report at the end of a run (bounded as the recipe's ``report`` section
+    says); a failure here never fails the training."""
     from kdtool.cli.common import err_console
 
+    console.print("report: writing the run's report (skip with --no-report or report: {enabled: false})")
     try:
         from kdtool.report import ReportOptions, write_report
 
-        path = write_report(run_dir, ReportOptions())
+        opts = ReportOptions(
+            measure=config.measure,
+            latency=config.measure and config.latency,
+            latency_seconds=config.latency_seconds,
+            latency_budget=config.budget_seconds,
+            task_figures=config.figures,
+            echo=lambda msg: console.print(msg, markup=False),
+        )
+        path = write_report(run_dir, opts)
     except Exception as exc:
         err_console.print(
             f"kdtool: warning: report not written ({type(exc).__name__}: {exc}); "

@@ -35,12 +35,18 @@ def export(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Output folder (default: RUN/exports/<target>[-<model>]/).")
+        Path | None,
+        typer.Option(
+            "--out", help="Output folder (default: RUN/exports/<target>[-<precision>][-b<batch>][-<model>]/)."
+        ),
     ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip parity and metric checks.")] = False,
     eval_limit: Annotated[
         int | None, typer.Option("--eval-limit", help="Validation samples for the metric check.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing folder that holds a different artifact.")
+    ] = False,
 ) -> None:
     """Export a model of a run for a hardware target, verify it, and write manifest.json."""
     request = ExportRequest(
@@ -54,6 +60,7 @@ def export(
         out=out,
         verify=not no_verify,
         eval_limit=eval_limit,
+        force=force,
     )
     export_model(request, echo=console.print)
 

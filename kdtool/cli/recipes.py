@@ -10,6 +10,7 @@ import yaml
 from rich.table import Table
 
 from kdtool.cli.common import SetOption, console
+from kdtool.engine.options import check_component_options
 from kdtool.engine.trainer import build_task, check_recipe_names
 from kdtool.plugins import get_registries
 from kdtool.recipe import load_recipe
@@ -57,7 +58,7 @@ def validate(
     loaded = load_recipe(recipe, set_ or [])
     registries = get_registries()
     check_recipe_names(loaded.recipe, registries)
-    build_task(loaded, registries)
+    check_component_options(loaded, registries, build_task(loaded, registries))
     r = loaded.recipe
     console.print(
         f"[green]ok[/green]: {recipe} (task {r.task.name}, stages: {', '.join(s.name for s in r.stages)}, "

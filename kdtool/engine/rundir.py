@@ -3,8 +3,10 @@
 ``runs/<recipe>/<timestamp>/`` holds ``recipe.resolved.yaml``, ``metrics.jsonl``,
 ``checkpoints/``, ``models/<name>.safetensors`` + ``models/<name>.json`` (enough to rebuild
 the model), ``state.json`` (completed stages, for ``--resume``) and ``summary.json`` (the
-versioned contract tools read; see :data:`SUMMARY_SCHEMA_VERSION`). ``runs/latest`` points at
-the newest run.
+versioned contract tools read; see :data:`SUMMARY_SCHEMA_VERSION`). ``runs/latest`` and
+``runs/<recipe>/latest`` point at the run that finished last: a run is pointed at only when it
+ends without an error, so a run that fails (or two runs started together) never takes the
+pointer from a good one. A failed run's summary says ``"status": "failed"`` and holds the error.
 """
 
 from __future__ import annotations
@@ -32,8 +34,61 @@ def new_run_dir(runs_dir: Path, recipe_name: str) -> Path:
         path = base.with_name(f"{stamp}-{n}")
         n += 1
     path.mkdir(parents=True)
-    point_latest(runs_dir, path)
     return path
+
+
+def _run_order(path: Path) -> tuple[str, int]:
+    """Sort key of run folder names ``<stamp>`` and ``<stamp>-<n>`` in creation order."""
+    parts = path.name.split("-")
+    if len(parts) == 3 and parts[2].isdigit():
+        return f"{parts[0]}-{parts[1]}", int(parts[2])
+    return path.name, 0
+
+
+def newest_run(recipe_dir: Path) -> Path | None:
+    """The run of a recipe created last (finished or not), for ``--resume``."""
+    if not recipe_dir.is_dir():
+        return None
+    runs = [
+        p
+        for p in recipe_dir.iterdir()
+        if p.is_dir()
+        and not p.is_symlink()
+        and ((p / "summary.json").exists() or (p / "state.json").exists())
+    ]
+    return max(runs, key=_run_order) if runs else None
+
+
+def mark_failed(run_dir: Path, exc: BaseException) -> None:
+    """Record in ``summary.json`` that the run stopped on an error (and which)."""
+    path = run_dir / "summary.json"
+    try:
+        summary = read_json(path, what="run summary") if path.exists() else {}
+    except Exception:
+        summary = {}
+    interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+    summary.setdefault("schema_version", SUMMARY_SCHEMA_VERSION)
+    summary.setdefault("models", {})
+    summary["status"] = "interrupted" if interrupted else "failed"
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    summary["error"] = {
+        "type": type(exc).__name__,
+        "kind": getattr(exc, "kind", "internal error"),
+        "message": message,
+        "hint": getattr(exc, "hint", None),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(path, summary)
+
+
+def failure_note(summary: dict[str, Any]) -> str | None:
+    """One line on why a run did not finish (None for runs that did not fail)."""
+    status = summary.get("status")
+    if status not in ("failed", "interrupted"):
+        return None
+    error = summary.get("error") or {}
+    what = f"{error.get('kind', 'error')}: {error.get('message', 'no message recorded')}"
+    return f"the run {status} ({what})"
 
 
 def point_latest(runs_dir: Path, run_dir: Path) -> None:

@@ -8,7 +8,6 @@ schedules, evaluation, checkpoints, resume, logging and the run directory.
 from __future__ import annotations
 
 import contextlib
-import math
 import platform
 import random
 import time
@@ -30,10 +29,14 @@ from kdtool.engine import distributed as kdist
 from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from kdtool.engine.context import StepContext, TeacherCache
 from kdtool.engine.device import check_precision, resolve_device
+from kdtool.engine.options import check_component_options
+from kdtool.engine.progress import StageProgress
 from kdtool.engine.rundir import (
     SUMMARY_SCHEMA_VERSION,
     MetricsLog,
+    mark_failed,
     new_run_dir,
+    newest_run,
     point_latest,
     read_state,
     read_summary,
@@ -42,6 +45,7 @@ from kdtool.engine.rundir import (
     write_state,
     write_summary,
 )
+from kdtool.engine.stagehash import plan_resume, stage_hashes
 from kdtool.errors import RecipeError, RunError, TrainingError
 from kdtool.io import load_weights, read_json, save_weights, write_json
 from kdtool.plugins import PluginManager, Registries, get_plugin_manager
@@ -235,6 +239,7 @@ class Engine:
         self.device = resolve_device(self.recipe.device, self.dist.local_rank)
         check_precision(self.recipe.precision, self.device)
         self.task = build_task(loaded, self.registries)
+        check_component_options(loaded, self.registries, self.task)
         self._datasets: dict[str, Dataset[Any]] = {}
         self.echo = opts.echo if self.dist.is_main else (lambda _msg: None)
 
@@ -245,21 +250,29 @@ class Engine:
         path: Path | None = None
         if self.dist.is_main:
             if self.opts.resume:
-                path = self.opts.resume_dir or runs_dir / self.recipe.name / "latest"
-                if not path.exists():
-                    raise RunError(f"nothing to resume: no run at {path}", hint="start it without --resume")
-                path = path.resolve()
+                path = self._run_to_resume(runs_dir)
                 state = read_state(path)
+                self.echo(f"resuming run {path}")
                 if state.get("recipe_hash") not in (None, self.recipe.hash()):
-                    raise RunError(
-                        f"run {path} was started from a different recipe (hash {state.get('recipe_hash')}, "
-                        f"now {self.recipe.hash()})",
-                        hint="resume with the same recipe and --set overrides, or start a new run",
-                    )
-                point_latest(runs_dir, path)
+                    plan_resume(self.recipe, state, path, self.echo)
             else:
                 path = new_run_dir(runs_dir, self.recipe.name)
         return Path(kdist.broadcast_object(self.dist, str(path) if path else ""))
+
+    def _run_to_resume(self, runs_dir: Path) -> Path:
+        """``--run DIR``, else the newest run of this recipe (``latest`` names only finished runs)."""
+        if self.opts.resume_dir is not None:
+            path = self.opts.resume_dir
+            if not path.exists():
+                raise RunError(f"nothing to resume: no run at {path}", hint="start it without --resume")
+            return path.resolve()
+        found = newest_run(runs_dir / self.recipe.name)
+        if found is None:
+            raise RunError(
+                f"nothing to resume: no run of recipe {self.recipe.name!r} under {runs_dir / self.recipe.name}",
+                hint="start it without --resume",
+            )
+        return found.resolve()
 
     def _summary_base(self, run_dir: Path) -> dict[str, Any]:
         if (run_dir / "summary.json").exists():
@@ -324,13 +337,30 @@ class Engine:
     def run(self) -> Path:
         seed_everything(self.recipe.seed)
         run_dir = self._open_run_dir()
+        try:
+            self._run_in(run_dir)
+        except BaseException as exc:
+            if self.dist.is_main:
+                mark_failed(run_dir, exc)
+            raise
+        if self.dist.is_main:
+            # Only a run that ended without an error becomes latest, when it ends.
+            point_latest(Path(self.recipe.runs_dir), run_dir)
+        kdist.shutdown(self.dist)
+        return run_dir
+
+    def _run_in(self, run_dir: Path) -> None:
+        """Train the selected stages that are not complete in ``run_dir``."""
         if self.dist.is_main:
             write_resolved_recipe(run_dir, self.recipe.model_dump(mode="json"))
             state = read_state(run_dir)
             state["recipe_hash"] = self.recipe.hash()
+            state["stage_hashes"] = stage_hashes(self.recipe)
             write_state(run_dir, state)
             summary = self._summary_base(run_dir)
             summary["status"] = "running"
+            summary.pop("error", None)
+            summary["recipe_hash"] = self.recipe.hash()
             write_summary(run_dir, summary)
         kdist.barrier(self.dist)
         self.task.prepare(run_dir)
@@ -353,8 +383,6 @@ class Engine:
             summary["models"].update(extras.pop("models", {}))
             summary.update(extras)
             write_summary(run_dir, summary)
-        kdist.shutdown(self.dist)
-        return run_dir
 
     # ------------------------------------------------------------ helpers
 
@@ -385,6 +413,19 @@ class Engine:
         if self.opts.max_steps is not None:
             total = min(total, self.opts.max_steps)
         return total
+
+    def _stage_progress(self, stage: StageConfig, total_steps: int, step: int) -> StageProgress:
+        """A live bar on a terminal; plain lines at the recipe's interval when piped."""
+        logging = self.recipe.logging
+        return StageProgress(
+            enabled=self.opts.progress and logging.progress and self.dist.is_main,
+            description=stage.name,
+            total=total_steps,
+            completed=step,
+            echo=self.echo,
+            every_seconds=logging.plain_every_seconds,
+            every_steps=logging.plain_every_steps,
+        )
 
     # ------------------------------------------------------------ one stage
 
@@ -577,12 +618,7 @@ class Engine:
             )
 
         model.train()
-        progress = _Progress(
-            enabled=self.opts.progress and recipe.logging.progress and dist_info.is_main,
-            description=stage.name,
-            total=total_steps,
-            completed=state.step,
-        )
+        progress = self._stage_progress(stage, total_steps, state.step)
         log_every = recipe.logging.every_steps
         window_samples = 0
         window_start = time.perf_counter()
@@ -759,55 +795,6 @@ def _batch_len(batch: Any) -> int:
         first = next(iter(batch.values()))
         return len(first)
     return len(batch)
-
-
-class _Progress:
-    """A rich progress bar per stage: step, loss, samples/s, metric, ETA."""
-
-    def __init__(self, *, enabled: bool, description: str, total: int, completed: int) -> None:
-        self.enabled = enabled
-        self.description = description
-        self.total = total
-        self.completed = completed
-        self._progress: Any = None
-        self._task: Any = None
-        self._fields = {"loss": float("nan"), "rate": 0.0, "metric": ""}
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("{task.fields[rate]:.0f} samples/s"),
-                TextColumn("{task.fields[metric]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(
-                self.description, total=self.total, completed=self.completed, **self._fields
-            )
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def update(self, step: int, loss: float) -> None:
-        if self._progress is not None and math.isfinite(loss):
-            self._progress.update(self._task, completed=step, loss=loss)
-
-    def set_rate(self, rate: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, rate=rate)
-
-    def set_metric(self, name: str, value: float) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, metric=f"{name} {value:.4g}")
 
 
 def run_recipe(loaded: LoadedRecipe, opts: DistillOptions | None = None) -> Path | dict[str, Any]:

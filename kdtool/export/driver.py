@@ -7,6 +7,9 @@ parity and metric results, what was not verified and why, versions, size and lat
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from kdtool import __version__
-from kdtool.engine.rundir import read_summary, resolve_run
+from kdtool.engine.rundir import failure_note, read_summary, resolve_run
 from kdtool.engine.trainer import build_task, load_run_model
 from kdtool.errors import ExportError, KdtoolError, RunError
 from kdtool.export.exporter import Artifact, ExportContext, Exporter, ExporterOptions
@@ -45,6 +48,10 @@ class ExportRequest:
     verify: bool = True
     # Validation samples used for the metric comparison (None: the whole split).
     eval_limit: int | None = None
+    # Replace an existing folder that holds a different artifact (or no artifact).
+    force: bool = False
+    # Rewrite RUN/report.html (when the run has one) so it shows this export.
+    refresh_report: bool = True
 
 
 @dataclass
@@ -166,6 +173,15 @@ class RunContext:
     def model_name(self, name: str | None) -> str:
         chosen = name or self.summary.get("deploy_model")
         models = self.summary.get("models", {})
+        failed = failure_note(self.summary)
+        if (not chosen or chosen not in models) and failed:
+            recipe = self.summary.get("recipe_file") or "RECIPE"
+            hint = f"fix the cause and train again with `kdtool distill {recipe}`"
+            if models:
+                hint += (
+                    f" (add `--resume --run {self.run_dir}` to keep its finished stages: {', '.join(models)})"
+                )
+            raise RunError(f"run {self.run_dir} has no model {chosen!r}: {failed}", hint=hint)
         if not chosen or chosen not in models:
             close = suggest(chosen or "", list(models))
             raise RunError(
@@ -208,14 +224,17 @@ def export_model(
     options = _with_precision(
         resolve_options(exporter, profile, recipe_export, parse_cli_options(request.options)), precision
     )
-    deploy = ctx_run.summary.get("deploy_model")
-    out_dir = request.out or ctx_run.run_dir / "exports" / (
-        profile.name if model_name == deploy else f"{profile.name}-{model_name}"
+    if request.batch is not None and request.batch < 1:
+        raise ExportError(f"--batch must be >= 1, got {request.batch}")
+    cli_options = parse_cli_options(request.options)
+    out_dir = request.out or ctx_run.run_dir / "exports" / default_folder_name(
+        profile, precision, model_name, ctx_run.summary.get("deploy_model"), request.batch, cli_options
     )
+    identity = artifact_identity(profile.name, precision, model_name, options, request.batch)
+    check_overwrite(out_dir, identity, force=request.force, echo=echo)
+    echo(f"export {profile.name}: {model_name} ({precision}) -> {out_dir}")
     spec = ctx_run.export_spec(model_name)
     if request.batch is not None:
-        if request.batch < 1:
-            raise ExportError(f"--batch must be >= 1, got {request.batch}")
         spec = apply_batch(spec, request.batch)
 
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -241,6 +260,7 @@ def export_model(
         return artifact
 
     ctx = ExportContext(target=profile.name, precision=precision, require_artifact=require_artifact, log=echo)
+    echo(f"export {profile.name}: converting" + (" and calibrating" if precision == "int8" else ""))
     start = time.perf_counter()
     try:
         artifact = exporter.export(spec, _with_precision(options, precision), tmp_dir, ctx)
@@ -261,7 +281,9 @@ def export_model(
         ctx_run, profile, exporter, precision, options, model_name, spec, artifact, tmp_dir, export_seconds
     )
     manifest["dependencies"] = dependencies
+    manifest["batch"] = request.batch
     if request.verify:
+        echo(f"export {profile.name}: verifying parity with PyTorch")
         result = exporter.verify(spec, artifact, _with_precision(options, precision))
         not_verified.extend(result.not_verified)
         verification = {
@@ -281,6 +303,10 @@ def export_model(
                     f"task metric of the artifact: it does not load on this machine ({exc.message})"
                 )
         if runnable and runner is not None:
+            echo(
+                f"export {profile.name}: computing {ctx_run.task.primary_metric.name} of PyTorch and the artifact "
+                f"on {request.eval_limit or 'all'} validation samples"
+            )
             metric_block = _compare_metric(ctx_run, spec, runner, request.eval_limit)
             if request.max_metric_drop is not None:
                 metric_block["max_drop"] = request.max_metric_drop
@@ -295,9 +321,7 @@ def export_model(
     manifest["metric"] = metric_block
     manifest["not_verified"] = not_verified
     write_manifest(tmp_dir / "manifest.json", manifest)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp_dir.rename(out_dir)
+    swap_in(tmp_dir, out_dir)
     manifest["files"] = file_entries(out_dir, [out_dir / f["path"] for f in manifest["files"]])
     ctx_run.manager.notify("on_export_done", artifact_dir=out_dir, manifest=manifest)
 
@@ -318,6 +342,8 @@ def export_model(
     if not_verified:
         line += f"; not verified: {len(not_verified)} item(s), see manifest"
     echo(line)
+    if request.refresh_report:
+        refresh_run_report(ctx_run.run_dir, echo)
     if status == "parity_failed":
         raise ExportError(
             f"export {profile.name}: the artifact does not match PyTorch (see {out_dir / 'manifest.json'})"
@@ -329,6 +355,105 @@ def export_model(
             f"--max-metric-drop {request.max_metric_drop} (artifact kept at {out_dir}, marked metric_failed)"
         )
     return ExportOutcome(out_dir, manifest)
+
+
+def default_folder_name(
+    profile: TargetProfile,
+    precision: str,
+    model_name: str,
+    deploy_model: str | None,
+    batch: int | None,
+    cli_options: dict[str, Any],
+) -> str:
+    """``RUN/exports/<name>``: the target, then whatever makes this artifact differ from the
+    target's default one (precision, model, batch, command-line options), so two different
+    artifacts never share a folder: ``onnx-cpu``, ``onnx-cpu-fp16``, ``onnx-b8-teacher``."""
+    parts = [profile.name]
+    if precision != (profile.precision or "fp32") and not profile.name.endswith(f"-{precision}"):
+        parts.append(precision)
+    if batch is not None:
+        parts.append(f"b{batch}")
+    if cli_options:
+        blob = json.dumps(cli_options, sort_keys=True, default=str).encode()
+        parts.append("opt" + hashlib.sha256(blob).hexdigest()[:6])
+    if model_name != deploy_model:
+        parts.append(model_name)
+    return "-".join(parts)
+
+
+def artifact_identity(
+    target: str, precision: str, model: str, options: ExporterOptions, batch: int | None
+) -> dict[str, Any]:
+    """What makes two artifacts of a run the same artifact (compared with a folder's manifest)."""
+    return {
+        "target": target,
+        "precision": precision,
+        "model": model,
+        "options": json.loads(json.dumps(options.model_dump(mode="json"), default=str)),
+        "batch": batch,
+    }
+
+
+def check_overwrite(
+    out_dir: Path, identity: dict[str, Any], *, force: bool, echo: Callable[[str], None]
+) -> None:
+    """Refuse to replace a folder holding a different artifact (or anything else) unless
+    ``force``; the same artifact made again (e.g. after more training) replaces the old one."""
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return
+    manifest_path = out_dir / "manifest.json"
+    existing: dict[str, Any] | None = None
+    if manifest_path.exists():
+        try:
+            m = json.loads(manifest_path.read_text(encoding="utf-8"))
+            existing = {k: m.get(k) for k in identity}
+        except (OSError, ValueError):
+            existing = None
+    if existing == identity:
+        echo(f"export: replacing the earlier export in {out_dir} (same target, precision, model and options)")
+        return
+    if force:
+        echo(f"export: --force: replacing {out_dir}")
+        return
+    if existing is None:
+        what = (
+            "files that are not a kdtool artifact" if not manifest_path.exists() else "an unreadable manifest"
+        )
+    else:
+        diff = [f"{k} {existing[k]!r} (now {identity[k]!r})" for k in identity if existing[k] != identity[k]]
+        what = "a different artifact: " + "; ".join(diff)
+    raise ExportError(
+        f"{out_dir} holds {what}",
+        hint="pass --force to replace it, or --out DIR for another folder",
+    )
+
+
+def swap_in(tmp_dir: Path, out_dir: Path) -> None:
+    """Put the finished artifact in ``tmp_dir`` at ``out_dir`` without ever leaving a
+    half-replaced folder: the old folder is moved aside, the new one renamed in, then the
+    old one removed (a crash in between leaves the old or the new folder whole)."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp_dir, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def refresh_run_report(run_dir: Path, echo: Callable[[str], None]) -> None:
+    """Rewrite the run's report (if it has one) so its exports table shows the new artifact;
+    its measurements are cached, so this is quick. A failure here never fails the export."""
+    from kdtool.report import REPORT_FILE, ReportOptions, write_report
+
+    if not (run_dir / REPORT_FILE).exists():
+        return
+    try:
+        path = write_report(run_dir, ReportOptions(echo=echo))
+    except Exception as exc:
+        echo(f"export: report not refreshed ({type(exc).__name__}: {exc}); `kdtool report {run_dir}` does it")
+        return
+    echo(f"report: {path} (refreshed)")
 
 
 def _with_precision(options: ExporterOptions, precision: str) -> ExporterOptions:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdtool.engine.rundir import MetricsLog, read_summary, resolve_run
+from kdtool.engine.rundir import MetricsLog, failure_note, read_summary, resolve_run
 from kdtool.export.bench import machine_key
 from kdtool.export.manifest import read_manifest
 from kdtool.io import sha256_file, write_json
@@ -31,6 +31,8 @@ class ReportOptions:
     latency: bool = True  # CPU latency at batch 1 (cached per weights and machine)
     latency_seconds: float = 0.5
     latency_threads: int = 1
+    # Seconds for all latency measurements of a report (None: no limit); see measure.py.
+    latency_budget: float | None = 60.0
     task_figures: bool = True  # ask the task to write its figures (Task.write_figures)
     echo: Callable[[str], None] = lambda _m: None
 
@@ -213,6 +215,7 @@ def write_task_figures(run_dir: Path, summary: dict[str, Any], opts: ReportOptio
         digest = sha256_file(run_dir / weights)
         if written.get(name) == digest:
             continue
+        opts.echo(f"report: drawing the task's figures of {name}")
         try:
             task = ctx.task
             predictor = task.predictor(ctx.load_model(name), name, "cpu")
@@ -221,7 +224,6 @@ def write_task_figures(run_dir: Path, summary: dict[str, Any], opts: ReportOptio
         except Exception as exc:  # a figure must never cost the whole report
             notes.append(f"task figures of {name}: {type(exc).__name__}: {exc}")
             continue
-        opts.echo(f"report: drew the task's figures of {name}")
         written[name] = digest
         changed = True
     if changed:
@@ -294,6 +296,10 @@ def collect_run(run: Path | str | None, opts: ReportOptions | None = None) -> Ru
     run_dir = resolve_run(run)
     summary = read_summary(run_dir)
     notes: list[str] = []
+    failed = failure_note(summary)
+    if failed:
+        notes.append(failed)
+        opts.echo(f"report: {run_dir}: {failed}")
     recipe_path = run_dir / "recipe.resolved.yaml"
     recipe_text = recipe_path.read_text(encoding="utf-8") if recipe_path.exists() else ""
     if not recipe_text:
@@ -332,6 +338,7 @@ def _measure(
             latency=opts.latency,
             seconds=opts.latency_seconds,
             threads=opts.latency_threads,
+            budget=opts.latency_budget,
             echo=opts.echo,
         )
     except Exception as exc:

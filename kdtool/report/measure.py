@@ -14,6 +14,11 @@ module. MACs = FLOPs / 2.
 Results are cached in ``RUN/report_measurements.json``: FLOPs per weights hash (they never
 change), latency per weights hash *and* machine (``kdtool.export.bench.machine_key``), so
 writing the report again, or a comparison page, does not measure twice.
+
+Latency is bounded: each model gets ``seconds`` of timed calls, with fewer warm-up and timed
+calls when one call is slow (a 224x224 model on a loaded CPU), and the whole report gets a
+``budget`` of seconds for latency; models left when it is spent are reported as not measured
+(and measured by a later ``kdtool report``, since only successes are cached).
 """
 
 from __future__ import annotations
@@ -122,8 +127,8 @@ def count_flops(spec: ExportSpec) -> dict[str, int]:
 
 
 def cpu_latency(spec: ExportSpec, *, seconds: float = 0.5) -> tuple[float, float]:
-    """(p50, p90) milliseconds of one call of every graph at batch 1, summed over graphs,
-    with the bench helpers (warm-up, then repeated calls within a time budget)."""
+    """(p50, p90) milliseconds of one call of every graph at batch 1, summed over graphs:
+    a first (warm-up) call, then repeated calls within ``seconds`` (see :func:`bounded_times`)."""
     predictor = Predictor.from_spec(spec, "cpu")
     infos = graph_infos_from_spec(spec)
     generator = torch.Generator().manual_seed(0)
@@ -131,10 +136,30 @@ def cpu_latency(spec: ExportSpec, *, seconds: float = 0.5) -> tuple[float, float
     for name, info in infos.items():
         run = predictor.graphs[name]
         one = inputs_from_graph_info(info, 1, generator)
-        times = time_calls(partial(run, *one), warmup=3, min_calls=10, max_seconds=seconds)
+        times = bounded_times(partial(run, *one), seconds=seconds)
         p50 += float(np.percentile(times, 50))
         p90 += float(np.percentile(times, 90))
     return p50, p90
+
+
+def bounded_times(fn: Callable[[], Any], *, seconds: float) -> list[float]:
+    """Wall times (ms) of calls of ``fn`` that take about ``seconds`` in all, however slow
+    one call is: the first call is the warm-up and sizes the rest (up to 2 more warm-ups
+    and at least 10 timed calls when calls are fast; 2 timed calls, no more warm-up, when
+    one call takes longer than the budget)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    if first >= seconds:
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+    warmup = 2 if first * 12 <= seconds else 0
+    min_calls = int(max(3, min(10, seconds / max(first, 1e-6) - warmup)))
+    return time_calls(fn, warmup=warmup, min_calls=min_calls, max_seconds=seconds)
 
 
 def _read_cache(run_dir: Path) -> dict[str, Any]:
@@ -159,6 +184,7 @@ def measure_models(
     latency: bool = True,
     seconds: float = 0.5,
     threads: int = 1,
+    budget: float | None = None,
     echo: Callable[[str], None] = lambda _m: None,
 ) -> dict[str, ModelMeasurement]:
     """Measure every model of the run that has weights; reuse and update the cache file.
@@ -168,7 +194,9 @@ def measure_models(
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        return _measure_models(run_dir, summary, spec_for, latency=latency, seconds=seconds, echo=echo)
+        return _measure_models(
+            run_dir, summary, spec_for, latency=latency, seconds=seconds, budget=budget, echo=echo
+        )
     finally:
         torch.set_num_threads(previous)
 
@@ -180,9 +208,11 @@ def _measure_models(
     *,
     latency: bool,
     seconds: float,
+    budget: float | None,
     echo: Callable[[str], None],
 ) -> dict[str, ModelMeasurement]:
     cache = _read_cache(run_dir)
+    started = time.perf_counter()
     machine = machine_key()  # includes the thread count
     threads = torch.get_num_threads()
     results: dict[str, ModelMeasurement] = {}
@@ -200,8 +230,18 @@ def _measure_models(
             cached = {"weights_sha256": digest, "latency": {}}
         need_flops = "graph_flops" not in cached
         need_latency = latency and machine not in cached.get("latency", {})
+        if need_latency and budget is not None and time.perf_counter() - started >= budget:
+            need_latency = False
+            result.notes.append(
+                f"latency not measured: the report's time budget ({budget:g} s) was spent; "
+                f"`kdtool report {run_dir}` measures it"
+            )
         if need_flops or need_latency:
             # Failures are shown in the report but never cached: the next report tries again.
+            doing = " and ".join(
+                w for w, need in (("counting MACs", need_flops), ("timing on the CPU", need_latency)) if need
+            )
+            echo(f"report: {name}: {doing}" + (f" (about {seconds:g} s)" if need_latency else ""))
             start = time.perf_counter()
             try:
                 spec = spec_for(name)

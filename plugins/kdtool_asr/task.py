@@ -196,6 +196,7 @@ class AsrSupernetTask(Task):
     description = "ASR: TODM supernet RNN-T (S4D encoder), sandwich rule + in-place alpha-divergence KD"
     Options = AsrOptions
     DataOptions = AsrData
+    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
     primary_metric = PrimaryMetric("wer", higher_is_better=False)
 
     options: AsrOptions

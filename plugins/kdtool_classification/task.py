@@ -94,6 +94,7 @@ class ClassificationTask(Task):
     predict_inputs = "image files (PNG, JPEG, ...: what Pillow opens), resized to the model's input; prints the top-3 labels"
     description = "image classification: soft-target KD from a teacher into a smaller classifier"
     DataOptions = ClassificationData
+    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
 
     data: ClassificationData

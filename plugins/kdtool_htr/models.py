@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdtool.engine.options import forwards_options
+
 from .datasets import FRAME_STRIDE
 
 
@@ -208,6 +210,7 @@ class HTRJand(nn.Module):
         return F.log_softmax(self.head(self.norm(seq)), dim=-1)
 
 
+@forwards_options(HTRJand, skip=())
 def build_htr_jand(**options: Any) -> HTRJand:
     """Registered factory ``htr_jand`` (recipe ``models.<name>.options`` are its arguments)."""
     return HTRJand(**options)

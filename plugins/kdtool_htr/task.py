@@ -145,6 +145,7 @@ class HTRTask(Task):
     predict_inputs = "images of one handwritten text line (PNG, JPEG, ...), scaled to the model's height; prints the text"
     Options = HTROptions
     DataOptions = HTRDataOptions
+    StageOptions = HTRStageOptions  # stages[].options, checked when the recipe loads
     primary_metric = PrimaryMetric("cer", higher_is_better=False)
     description = (
         "teacher: CTC; student: CTC + KD on the teacher's per-frame posteriors (curriculum optional); "

@@ -184,6 +184,7 @@ class LandmarksTask(Task):
     )
     Options = LandmarksOptions
     DataOptions = LandmarksData
+    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
     primary_metric = PrimaryMetric("nme", higher_is_better=False)
 
     options: LandmarksOptions

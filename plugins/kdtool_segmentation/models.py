@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdtool.engine.options import forwards_options
+
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (k - 1) // 2
@@ -203,11 +205,13 @@ class SegmentationNet(nn.Module):
         return result
 
 
+@forwards_options(SegmentationNet, skip=("head",))
 def deeplabv3_r18(num_classes: int, **options: object) -> SegmentationNet:
     """DeepLabV3 (ASPP head) on a ResNet-18-style backbone; options as :class:`SegmentationNet`."""
     return SegmentationNet(head="aspp", num_classes=num_classes, **options)  # type: ignore[arg-type]
 
 
+@forwards_options(SegmentationNet, skip=("head",))
 def pspnet_r18(num_classes: int, **options: object) -> SegmentationNet:
     """PSPNet (pyramid pooling head) on a ResNet-18-style backbone; options as :class:`SegmentationNet`."""
     options.setdefault("head_channels", 512)

@@ -336,6 +336,10 @@ class SegmentationLADTask(Task):
 
     # ---------------------------------------------------------------- training
 
+    def stage_options_model(self, stage: StageConfig) -> type[TaskOptions] | None:
+        """Each role has its own stage options (checked when the recipe loads)."""
+        return _STAGE_OPTIONS.get(stage.role)
+
     def _options_for(self, stage: StageConfig) -> TaskOptions:
         key = (stage.name, stage.role)
         if key not in self._stage_options:

@@ -13,6 +13,7 @@ import torch
 from kdtool_classification.task import ClassificationTask
 from safetensors.torch import load_file
 
+from kdtool.engine.rundir import newest_run
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import RecipeError, RunError, TrainingError
 from kdtool.plugins import PluginManager
@@ -114,10 +115,12 @@ def test_nan_loss_stops_the_stage_naming_step_and_term(tmp_path: Path) -> None:
     with pytest.raises(TrainingError) as info:
         run(path)
     assert "step 3" in str(info.value) and "'boom'" in str(info.value)
-    latest = json.loads(
-        (tmp_path / "runs" / "tiny" / "latest" / "checkpoints" / "teacher" / "latest.json").read_text()
-    )
+    failed = newest_run(tmp_path / "runs" / "tiny")
+    assert failed is not None and not (tmp_path / "runs" / "tiny" / "latest").exists()
+    latest = json.loads((failed / "checkpoints" / "teacher" / "latest.json").read_text())
     assert latest["step"] == 2
+    summary = json.loads((failed / "summary.json").read_text())
+    assert summary["status"] == "failed" and "step 3" in summary["error"]["message"]
 
 
 def test_teacher_cache_gives_identical_results_and_is_refused_when_unsafe(tmp_path: Path) -> None:

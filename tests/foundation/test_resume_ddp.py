@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from kdtool.engine.rundir import newest_run
 from tests.helpers import run_cli, tiny_recipe, write_recipe
 
 
@@ -36,11 +37,12 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    pointer = tmp_path / "runs" / "tiny" / "latest" / "checkpoints" / "teacher" / "latest.json"
     killed_at = None
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if pointer.exists():
+        started = newest_run(tmp_path / "runs" / "tiny")  # latest names only finished runs
+        pointer = started / "checkpoints" / "teacher" / "latest.json" if started else None
+        if pointer is not None and pointer.exists():
             try:
                 step = json.loads(pointer.read_text())["step"]
             except (json.JSONDecodeError, KeyError):
@@ -53,7 +55,9 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
     proc.wait()
     assert killed_at is not None, "the run finished before it could be killed"
     assert proc.returncode == -signal.SIGKILL
-    killed_run = (tmp_path / "runs" / "tiny" / "latest").resolve()
+    assert not (tmp_path / "runs" / "tiny" / "latest").exists()
+    killed_run = newest_run(tmp_path / "runs" / "tiny")
+    assert killed_run is not None
     assert not (killed_run / "models" / "teacher.safetensors").exists()
 
     resumed = run_cli(["distill", str(path), "--resume", "--no-progress"], env_extra={"OMP_NUM_THREADS": "1"})
@@ -74,10 +78,15 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path) -> None:
     assert steps == sorted(set(steps))
 
 
-def test_resume_refuses_a_different_recipe(tmp_path: Path) -> None:
+def test_resume_refuses_a_different_recipe_without_stage_hashes(tmp_path: Path) -> None:
+    """A run from a kdtool that did not record per-stage hashes cannot be matched stage by stage."""
     path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
     first = run_cli(["distill", str(path), "--no-progress", "--max-steps", "2"])
     assert first.returncode == 0, first.stderr
+    state_path = tmp_path / "runs" / "tiny" / "latest" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["stage_hashes"]
+    state_path.write_text(json.dumps(state))
     again = run_cli(["distill", str(path), "--resume", "--set", "seed=5"])
     assert again.returncode == 6
     assert "different recipe" in again.stderr
