@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset
@@ -62,7 +61,7 @@ from kdtool_landmarks.datasets import (
     load_wflw,
 )
 from kdtool_landmarks.layouts import Layout, layout_for
-from kdtool_landmarks.losses import LandmarksKDLoss
+from kdtool_landmarks.losses import LandmarksKDLoss, plain_loss
 from kdtool_landmarks.synth import SynthConfig, make_split
 
 _300W_TRAIN = ["afw", "helen/trainset", "lfpw/trainset"]
@@ -149,7 +148,18 @@ class StageOptions(_Strict):
     target: Literal["hard", "soft"] = Field(
         default="hard", description="teacher/baseline target: ground truth or ASM soft landmarks"
     )
-    loss: Literal["l2", "l1"] = "l2"
+    loss: Literal["l2", "l1", "smooth_l1", "wing"] = Field(
+        default="l2", description="plain loss of a teacher or baseline stage (its loss term has this name)"
+    )
+    smooth_l1_beta: float = Field(
+        default=0.01,
+        gt=0,
+        description="smooth-L1 switch point, in the normalised frame (fraction of the crop)",
+    )
+    wing_width: float = Field(default=0.15, gt=0, description="Wing loss w, in the normalised frame")
+    wing_curvature: float = Field(
+        default=0.03, gt=0, description="Wing loss epsilon, in the normalised frame"
+    )
     tolerant_teacher: str = "tolerant_teacher"
     tough_teacher: str = "tough_teacher"
 
@@ -385,9 +395,15 @@ class LandmarksTask(Task):
             kd = ctx.losses["main"] if "main" in ctx.losses else self._kd_default
             return kd(pred, gt, teach["tolerant"], teach["tough"])
         target = batch["soft"] if opts.target == "soft" else gt
-        if opts.loss == "l1":
-            return {"l1": F.l1_loss(pred, target)}
-        return {"l2": F.mse_loss(pred, target)}
+        value = plain_loss(
+            opts.loss,
+            pred,
+            target,
+            smooth_l1_beta=opts.smooth_l1_beta,
+            wing_width=opts.wing_width,
+            wing_curvature=opts.wing_curvature,
+        )
+        return {opts.loss: value}
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
