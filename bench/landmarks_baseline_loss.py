@@ -84,10 +84,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--recipe", type=Path, default=RECIPE)
-    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
+    parser.add_argument("--losses", nargs="*", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.001, 0.002, 0.004])
     parser.add_argument("--steps", type=int, default=None, help="override the baseline's steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--student", action="store_true", help="also the KD-Loss student on the same lr grid")
     parser.add_argument("--tune-size", type=int, default=400)
     parser.add_argument("--tune-seed", type=int, default=1234)
     parser.add_argument(
@@ -97,7 +98,7 @@ def main() -> int:
 
     carve_tune_split(args.tune_size, args.tune_seed)
     base = yaml.safe_load(args.recipe.read_text())
-    data = grid_recipe(base, args.losses, args.lrs, args.steps)
+    data = grid_recipe(base, args.losses, args.lrs, args.steps, args.student)
     data.update(seed=args.seed, runs_dir=tempfile.mkdtemp(prefix="lm-baseline-loss-"))
     data["logging"] = {**base.get("logging", {}), "progress": False}
     start = time.perf_counter()
@@ -106,23 +107,27 @@ def main() -> int:
     wall = time.perf_counter() - start
     models = json.loads((run_dir / "summary.json").read_text())["models"]
 
-    rows = []
+    rows, teachers = [], {}
     for stage in data["stages"]:
         metrics = models[stage["name"]]["metrics"]
+        if stage["name"] in {s["name"] for s in base["stages"] if s["role"] == "teacher"}:
+            teachers[stage["name"]] = metrics["nme"]
+            continue
         rows.append(
             {
-                "loss": stage["options"]["loss"],
+                "loss": stage["options"].get("loss", "kd_loss") if stage["role"] == "teacher" else "kd_loss",
                 "lr": stage["optimizer"]["lr"],
                 "tune_nme": metrics["nme"],
                 "tune_failure_rate": metrics.get("failure_rate"),
             }
         )
-    best = min(rows, key=lambda r: r["tune_nme"])
+    plain = [r for r in rows if r["loss"] != "kd_loss"]
+    best = min(plain, key=lambda r: r["tune_nme"]) if plain else min(rows, key=lambda r: r["tune_nme"])
     print(
         f"tune NME (%), {args.tune_size} faces carved from train (seed {args.tune_seed}); run seed {args.seed}"
     )
     print(f"{'loss':<12}" + "".join(f"{'lr ' + format(lr, 'g'):>12}" for lr in args.lrs))
-    for loss in args.losses:
+    for loss in [*args.losses, *(["kd_loss"] if args.student else [])]:
         cells = [next(r for r in rows if r["loss"] == loss and r["lr"] == lr)["tune_nme"] for lr in args.lrs]
         print(f"{loss:<12}" + "".join(f"{v:>12.3f}" for v in cells))
     print(
@@ -139,6 +144,7 @@ def main() -> int:
         "losses": args.losses,
         "lrs": args.lrs,
         "rows": rows,
+        "teachers_tune_nme": teachers,
         "winner": best,
         "wall_seconds": round(wall, 1),
     }
