@@ -58,11 +58,22 @@ def carve_tune_split(tune_size: int, tune_seed: int) -> None:
 
 
 def grid_recipe(
-    base: dict[str, Any], losses: list[str], lrs: list[float], steps: int | None
+    base: dict[str, Any], losses: list[str], lrs: list[float], steps: int | None, student: bool = False
 ) -> dict[str, Any]:
-    """One recipe whose stages are the baseline, once per (loss, lr), with no teachers."""
+    """One recipe whose stages are the baseline, once per (loss, lr), with no teachers; with
+    ``student`` also the recipe's teachers and its KD-Loss student once per lr (same grid)."""
     baseline = next(s for s in base["stages"] if s["role"] == "baseline")
     stages = []
+    if student:
+        stages += [copy.deepcopy(s) for s in base["stages"] if s["role"] == "teacher"]
+        kd = next(s for s in base["stages"] if s["role"] == "student")
+        for lr in lrs:
+            stage = copy.deepcopy(kd)
+            stage.update(name=f"kd_loss_lr{lr:g}".replace(".", "p"), keep="last")
+            stage["optimizer"] = {**stage["optimizer"], "lr": lr}
+            if steps:
+                stage["steps"] = steps
+            stages.append(stage)
     for loss in losses:
         for lr in lrs:
             stage = copy.deepcopy(baseline)

@@ -6,13 +6,19 @@ Stages (``stage.role`` and ``stage.options`` decide the loss):
 - teacher, ``options: {target: hard}``: the Tough-Teacher, L2 on the ground truth;
 - student, two teachers (``options: {tolerant_teacher: NAME, tough_teacher: NAME}``): KD-Loss,
   terms ``main`` (weight 2 in the recipe), ``assist_tough`` and ``assist_tolerant`` (weight 1);
-- baseline: the same student, L2 on the ground truth, no teachers.
+- baseline: the same student on the ground truth, no teachers, with a plain loss
+  (``options.loss``: ``l2``, ``l1``, ``smooth_l1`` or ``wing``; the term has the loss's name).
+  The embedded recipe uses the strongest of the four on a tune split
+  (``bench/landmarks_baseline_loss.py``), so the student is compared to the best plain option.
 
 Choices for the method's open points (all recipe options):
 
 - loss frame: every loss is computed on ``u = (W/2 - x) / W`` (the authors' normalisation),
   which is also what the networks regress; the exported graph turns it back into crop pixels;
-- L2 is the mean squared error over all coordinates (``loss: l1`` is offered as an option);
+- plain losses are means over all coordinates in the normalised frame; smooth-L1's switch
+  point (``smooth_l1_beta``) and Wing's ``w`` and ``epsilon`` (``wing_width``,
+  ``wing_curvature``) are therefore fractions of the crop (defaults 0.01, 0.15 and 0.03: 0.64,
+  9.6 and 1.9 pixels of a 64-pixel crop, near the Wing paper's 10 and 2);
 - the shape model is fitted on the un-augmented training crops in that frame, without
   Procrustes alignment (``task.options.asm_align``), 97% variance, clip +-3 sqrt(lambda); the
   soft landmarks then follow each augmentation exactly like the ground truth;
