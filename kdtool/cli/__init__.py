@@ -50,7 +50,7 @@ def _register_commands() -> None:
     distill.register(app)
     app.add_typer(plugins.app, name="plugins")
     app.add_typer(recipes.app, name="recipes")
-    for name in ("export", "evaluate", "bench", "targets", "predict", "report"):
+    for name in ("export", "evaluate", "bench", "targets", "predict", "report", "study"):
         try:
             module = __import__(f"kdtool.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError:
