@@ -586,3 +586,45 @@ def console_table(study: dict[str, Any]) -> Any:
         cells = pair_cells(p) if p else ["", "", "", ""]
         table.add_row(name, m.get("role") or "-", fmt_pm(m["metrics"].get(metric)), *cells)
     return table
+
+
+# --------------------------------------------------------------------------- bench scripts
+
+
+def bench_study(
+    argv: list[str] | None, *, description: str, recipe: Path, out: Path, seeds: int = 3
+) -> tuple[Path, dict[str, Any], Any]:
+    """The shared body of ``bench/*_seeds.py``: parse the usual flags, run (or resume) the study
+    and copy its ``study.json`` (plus ``study_dir``) to ``--out``. Returns (study dir, study,
+    parsed args); scripts add their extra measurements to the study and write ``--out`` again."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--recipe", type=Path, default=recipe)
+    parser.add_argument("--seeds", type=int, default=seeds, help="number of seeds (recipe seed + 0..N-1)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="as kdtool distill --set"
+    )
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--resume", action="store_true", help="continue the newest study (or --dir)")
+    parser.add_argument("--dir", type=Path, default=None, help="study directory")
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--width", type=int, default=128, help="(htr) line width for the latency measurement")
+    parser.add_argument("--k-runs", action="store_true", help="(asr) also train the named subnets alone")
+    args = parser.parse_args(argv)
+    opts = StudyOptions(
+        seeds=args.seeds,
+        overrides=args.overrides,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        study_dir=args.dir,
+        jobs=args.jobs,
+        echo=lambda msg: print(msg, flush=True),
+    )
+    study_dir = run_study(args.recipe, opts)
+    study = {"study_dir": str(study_dir), **read_json(study_dir / "study.json", what="study")}
+    write_json(args.out, study)
+    print(markdown_tables(study))
+    print(f"wrote {args.out}")
+    return study_dir, study, args
