@@ -311,6 +311,11 @@ def run_study(recipe_path: Path, opts: StudyOptions) -> Path:
     todo = [s for s in seeds if not _seed_complete(dirs[s])]
     threads = threads_per_job(min(opts.jobs, max(1, len(todo))))
     echo = opts.echo
+    if opts.jobs > 1 and threads_per_job(1) < min(opts.jobs, len(todo)):
+        echo(
+            f"warning: {opts.jobs} jobs on {threads_per_job(1)} core(s) oversubscribe the CPU; "
+            "--jobs 1 is likely faster"
+        )
     echo(
         f"study {study_dir}: {len(seeds)} seeds ({len(seeds) - len(todo)} already done), "
         f"{min(opts.jobs, max(1, len(todo)))} at a time, {threads} thread(s) each"
