@@ -240,25 +240,27 @@ def _new_study_dir(base: Path) -> Path:
     return path
 
 
-def _open_study(recipe_path: Path, opts: StudyOptions, name: str, runs_dir: Path, base_seed: int) -> Path:
+def _open_study(recipe_path: Path, opts: StudyOptions, recipe: Any) -> Path:
     """The study directory: a new one, or (``--resume``) the given or newest one, checked to be
-    the same study (recipe file, overrides, max steps)."""
+    the same study (recipe content, overrides, max steps)."""
+    name, runs_dir = recipe.name, Path(recipe.runs_dir)
     config = {
         "recipe_file": str(recipe_path),
+        "recipe_hash": recipe.hash(),
         "overrides": list(opts.overrides),
         "max_steps": opts.max_steps,
-        "base_seed": base_seed,
+        "base_seed": recipe.seed,
     }
     if opts.resume:
         path = opts.study_dir or _latest_study(runs_dir / name)
         if not (path / CONFIG_FILE).exists():
             raise RunError(f"{path} is not a kdtool study directory (no {CONFIG_FILE})")
         old = read_json(path / CONFIG_FILE, what="study config")
-        for key in ("overrides", "max_steps", "base_seed"):
-            if old.get(key) != config[key]:
+        for key in ("recipe_hash", "overrides", "max_steps", "base_seed"):
+            if key in old and old[key] != config[key]:
                 raise RunError(
                     f"study {path} was started with {key} = {old.get(key)!r}, now {config[key]!r}",
-                    hint="resume with the same --set and --max-steps, or start a new study",
+                    hint="resume with the same recipe, --set and --max-steps, or start a new study",
                 )
         return path
     if opts.study_dir is not None:
@@ -305,7 +307,7 @@ def run_study(recipe_path: Path, opts: StudyOptions) -> Path:
         raise RecipeError(f"--jobs {opts.jobs}: needs at least one job")
     loaded = load_recipe(recipe_path, opts.overrides)  # fail on a bad recipe before any run
     recipe = loaded.recipe
-    study_dir = _open_study(recipe_path, opts, recipe.name, Path(recipe.runs_dir), recipe.seed)
+    study_dir = _open_study(recipe_path, opts, recipe)
     seeds = [recipe.seed + k for k in range(opts.seeds)]
     dirs = {s: study_dir / f"seed-{k}" for k, s in enumerate(seeds)}
     todo = [s for s in seeds if not _seed_complete(dirs[s])]

@@ -87,7 +87,15 @@ def test_study_writes_paired_statistics_and_resumes_only_unfinished_seeds(tmp_pa
 def test_resume_refuses_a_study_started_with_other_overrides(tmp_path: Path) -> None:
     study_dir = tmp_path / "study"
     study_dir.mkdir()
-    config = {"recipe_file": str(RECIPE), "overrides": [], "max_steps": 6, "base_seed": 0}
+    from kdtool.recipe import load_recipe
+
+    config = {
+        "recipe_file": str(RECIPE),
+        "recipe_hash": load_recipe(RECIPE).recipe.hash(),
+        "overrides": [],
+        "max_steps": 6,
+        "base_seed": 0,
+    }
     (study_dir / "study.config.json").write_text(json.dumps(config))
     opts = StudyOptions(seeds=2, max_steps=5, resume=True, study_dir=study_dir, echo=lambda _m: None)
     with pytest.raises(RunError, match="max_steps"):
