@@ -558,7 +558,7 @@ def render_html(study: dict[str, Any]) -> str:
         numeric=tuple(range(1, len(keys) + 1)),
     )
     runs = "".join(
-        f'<li>seed {esc(s)}: <a href="{esc(d)}/report.html">{esc(d)}</a>'
+        f'<li>seed {esc(s)}: <a href="{esc(d)}/summary.json">{esc(d)}</a>'
         + (f" ({study['wall_seconds'][s]:.0f} s)" if s in study.get("wall_seconds", {}) else "")
         + "</li>"
         for s, d in study["runs"].items()
@@ -571,6 +571,7 @@ def render_html(study: dict[str, Any]) -> str:
         f"<h2>Verdict</h2><ul>{verdicts or '<li>no stage names a baseline_for</li>'}</ul>"
         f"<h2>Paired differences ({esc(metric)})</h2>{pairs}"
         f"<h2>Models</h2>{models}<h2>All metrics</h2>{all_metrics}<h2>Runs</h2><ul>{runs}</ul>"
+        "<p>Each run's own report: <code>kdtool report STUDY_DIR/seed-K</code>.</p>"
     )
     return page(f"kdtool study: {study['recipe']}", body)
 
