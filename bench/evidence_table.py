@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kdtool.io import read_json, write_text
-from kdtool.study import fmt_pm, pair_cells
+from kdtool.study import HELPED, HURT, NO_DIFFERENCE, fmt_pm, pair_cells
 
 START, END = "<!-- evidence:start -->", "<!-- evidence:end -->"
 
@@ -55,7 +55,31 @@ def table(studies: list[dict[str, Any]]) -> str:
     ]
     for study in studies:
         lines += rows(study)
+    lines.append("")
+    for study in studies:
+        lines += sentences(study)
     return "\n".join(lines) + "\n"
+
+
+def sentences(study: dict[str, Any]) -> list[str]:
+    """One plain-words line per pair, saying where distillation did not help."""
+    out = []
+    for p in study["pairs"]:
+        ci = p.get("ci")
+        where = f"the 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "no CI (one seed)"
+        if p["verdict"] == HELPED:
+            reading = f"distillation helped: {where} excludes zero"
+        elif p["verdict"] == NO_DIFFERENCE:
+            reading = f"distillation did not detectably help: {where} contains zero"
+        elif p["verdict"] == HURT:
+            reading = f"distillation hurt: {where} is on the wrong side of zero"
+        else:
+            reading = p["verdict"]
+        out.append(
+            f"- `{study['recipe']}`, {p['student']} vs {p['baseline']} ({study['primary_metric']['name']}, "
+            f"{len(study['seeds'])} seeds): {reading}; the student won {p['wins']} of {p['n']} seeds."
+        )
+    return out
 
 
 def replace_section(readme: Path, text: str) -> None:

@@ -46,6 +46,7 @@ def test_table_row_and_readme_section_come_from_study_json(tmp_path: Path) -> No
     assert row.startswith("| facial_landmarks | nme ↓ | 3 | 7 ± 0 |")
     assert "student: 10.17 ± 0.29" in row and "baseline_student: 10.97 ± 0.058" in row
     assert "| 3/3 | **distillation helped** |" in row
+    assert "- `facial_landmarks`, student vs baseline_student (nme, 3 seeds): distillation helped" in text
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{mod.START}\nold\n{mod.END}\n\n## next\n")
     mod.replace_section(readme, text)
