@@ -205,6 +205,10 @@ class Recipe(_Strict):
     num_workers: int = Field(default=0, ge=0)
     # CPU threads for torch (None: torch's default, or OMP_NUM_THREADS where set).
     threads: int | None = Field(default=None, ge=1)
+    # The tune split: the first ceil(tune_fraction x N) samples of the task's train split are
+    # held out of every stage's training and select each `keep: best` stage's checkpoint, so
+    # the validation split that is reported never chose anything (0: select on validation).
+    tune_fraction: float = Field(default=0.0, ge=0.0, le=0.5)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     export: ExportDefaults = Field(default_factory=ExportDefaults)

@@ -62,6 +62,11 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "List installed plugins; create new ones (`new`); print the hook reference (`docs`).",
     ),
     LazyCommand("recipes", "kdtool.cli.recipes:app", "List and validate recipes."),
+    LazyCommand(
+        "study",
+        "kdtool.cli.study:register",
+        "Run a recipe once per seed; paired student-vs-baseline differences with 95% CIs and a verdict.",
+    ),
 )
 
 

@@ -94,7 +94,8 @@ def failure_note(summary: dict[str, Any]) -> str | None:
 def point_latest(runs_dir: Path, run_dir: Path) -> None:
     """``runs/latest`` and ``runs/<recipe>/latest`` -> ``run_dir`` (symlinks replaced atomically)."""
     for link in (runs_dir / "latest", run_dir.parent / "latest"):
-        tmp = link.with_name(f".{link.name}.tmp")
+        # a name per process: parallel runs (kdtool study --jobs) may point the links at once
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
         os.symlink(os.path.relpath(run_dir, link.parent), tmp)

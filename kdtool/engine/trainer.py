@@ -448,7 +448,7 @@ class Engine:
         losses = build_losses(stage, self.registries).to(device)
 
         train_set = self._dataset("train")
-        subset = task.train_indices(stage)
+        subset = self._train_subset(stage)
         stage_set: Dataset[Any] = train_set if subset is None else Subset(train_set, subset)
         if subset is not None and len(subset) == 0:
             raise RecipeError(f"stage {stage.name!r}: the task selected no training samples for this stage")
@@ -588,7 +588,16 @@ class Engine:
                 raise TrainingError(
                     f"task {task.name!r} evaluate() did not return its primary metric {metric.name!r}"
                 )
-            value = float(result[metric.name])
+            if stage.keep == "best" and self._tune_size():
+                # Select on the tune split; the validation split is only reported.
+                tune = self._evaluate_tune(model, stage)
+                metrics_log.append(
+                    {"stage": stage.name, "step": step, "epoch": state.epoch, "split": "tune", **tune}
+                )
+                result_for_selection = tune
+            else:
+                result_for_selection = result
+            value = float(result_for_selection[metric.name])
             improved = state.best_metric is None or (
                 value > state.best_metric if metric.higher_is_better else value < state.best_metric
             )
@@ -731,7 +740,7 @@ class Engine:
             model.load_state_dict(best_state)
             save_weights(best_state, weights)
             best_path.unlink()
-            kept = f"best (step {state.best_step})"
+            kept = f"best (step {state.best_step}" + (", selected on tune)" if self._tune_size() else ")")
             if state.best_step != state.step:
                 final_metrics = self._evaluate_model(model, stage)
         else:
@@ -765,6 +774,42 @@ class Engine:
             f"{final_metrics.get(metric.name, float('nan')):.4g} (kept {kept})"
         )
         self.manager.notify("on_stage_end", run_dir=run_dir, stage=stage.name, metrics=final_metrics)
+
+    # ------------------------------------------------------------ tune split
+
+    def _tune_size(self) -> int:
+        """Size of the tune split: the first ``ceil(tune_fraction x N)`` samples of the task's
+        train split (0 without one). A prefix, so every task's own ``evaluate(..., "train",
+        limit=n)`` scores it (without augmentation) and no task needs to know about it."""
+        fraction = self.recipe.tune_fraction
+        if fraction <= 0:
+            return 0
+        n = len(self._dataset("train"))  # type: ignore[arg-type]
+        size = max(1, math.ceil(n * fraction))
+        if size >= n:
+            raise RecipeError(f"tune_fraction {fraction} of {n} training samples leaves none to train on")
+        return size
+
+    def _train_subset(self, stage: StageConfig) -> list[int] | None:
+        """The stage's training indices (the task's choice) less the tune split."""
+        subset = self.task.train_indices(stage)
+        tune = self._tune_size()
+        if tune == 0:
+            return subset
+        base = range(len(self._dataset("train"))) if subset is None else subset  # type: ignore[arg-type]
+        return [i for i in base if i >= tune]
+
+    def _evaluate_tune(self, model: nn.Module, stage: StageConfig) -> dict[str, float]:
+        """The task's metrics on the tune split (training's random streams left intact)."""
+        np_state, py_state = np.random.get_state(), random.getstate()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            result = self.task.evaluate(
+                self.task.predictor(model, stage.name, self.device), "train", limit=self._tune_size()
+            )
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        model.train()
+        return result
 
     def _evaluate_model(self, model: nn.Module, stage: StageConfig) -> dict[str, float]:
         model.eval()

@@ -372,7 +372,11 @@ class AsrSupernetTask(Task):
         dataset = self.build_dataset(split)
         assert isinstance(dataset, AsrDataset)
         n = len(dataset) if limit is None else min(limit, len(dataset))
-        refs, hyps = self.transcribe(predictor, dataset, range(n))
+        augment, dataset.augment = dataset.augment, None  # evaluation never augments (train: tune split)
+        try:
+            refs, hyps = self.transcribe(predictor, dataset, range(n))
+        finally:
+            dataset.augment = augment
         return error_rates(refs, hyps)
 
     def transcribe(

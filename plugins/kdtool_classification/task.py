@@ -290,6 +290,19 @@ class ClassificationTask(Task):
         self, predictor: Predictor, split: Split = "val", *, limit: int | None = None
     ) -> dict[str, float]:
         dataset = self.build_dataset(split)
+        if split == "train":
+            # Training images as they are (the engine's tune split): labelled part, no augmentation.
+            dataset = dataset.first if isinstance(dataset, _Concat) else dataset
+            augment, dataset.augment = dataset.augment, False  # type: ignore[attr-defined]
+            try:
+                return self._score(predictor, dataset, limit)
+            finally:
+                dataset.augment = augment  # type: ignore[attr-defined]
+        return self._score(predictor, dataset, limit)
+
+    def _score(
+        self, predictor: Predictor, dataset: Dataset[dict[str, Any]], limit: int | None
+    ) -> dict[str, float]:
         n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
         correct = 0
         nll = 0.0
