@@ -213,6 +213,12 @@ def export_model(
         profile.name if model_name == deploy else f"{profile.name}-{model_name}"
     )
     spec = ctx_run.export_spec(model_name)
+    if caps.tasks and spec.task not in caps.tasks:
+        raise ExportError(
+            f"target {profile.name!r} (exporter {caps.name}) exports only task(s) {', '.join(caps.tasks)}; "
+            f"model {model_name!r} is task {spec.task!r}",
+            hint="`kdtool targets` lists the targets",
+        )
     if request.batch is not None:
         if request.batch < 1:
             raise ExportError(f"--batch must be >= 1, got {request.batch}")

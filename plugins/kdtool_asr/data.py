@@ -249,15 +249,20 @@ class AsrDataset(Dataset[dict[str, Any]]):
     def __len__(self) -> int:
         return len(self.items)
 
+    def waveform(self, index: int) -> np.ndarray:
+        """Mono float32 samples of utterance ``index`` at the front end's sample rate
+        (what a runtime with its own front end, such as sherpa-onnx, is fed)."""
+        u = self.items[index]
+        if u.audio is not None:
+            return np.ascontiguousarray(u.audio, dtype=np.float32)
+        assert u.path is not None
+        return read_audio(u.path, self.sample_rate)
+
     def features(self, index: int) -> torch.Tensor:
         if index in self._feats:
             return self._feats[index]
         u = self.items[index]
-        if u.audio is not None:
-            wave = u.audio
-        else:
-            assert u.path is not None
-            wave = read_audio(u.path, self.sample_rate)
+        wave = self.waveform(index)
         if wave.size < max(self.min_samples, self.sample_rate // 100):
             raise DataError(
                 f"audio {u.path or f'utterance {index}'} has {wave.size} samples, shorter than 10 ms "

@@ -141,6 +141,42 @@ def test_greedy_transducer_on_hand_made_joiner() -> None:
     assert beam_search(enc, 4, decoder, joiner, info, beam=3) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+@pytest.mark.parametrize("max_symbols", [1, 3])
+def test_one_utterance_fast_path_equals_the_batched_loop(predictor: str, max_symbols: int) -> None:
+    """greedy_search_one (joiner over blocks of frames, decoder outputs cached by context)
+    emits what the frame-by-frame batched loop emits."""
+    from kdtool_asr.decoding import greedy_search_one
+    from kdtool_asr.models import SupernetRNNT
+
+    from kdtool.task import Predictor
+
+    torch.manual_seed(1)
+    model = SupernetRNNT(
+        vocab_size=6, head_dim=4, max_heads=1, max_layers=1, max_ffn=4, state_size=2, front_channels=4,
+        joiner_dim=8, predictor_dim=8, predictor=predictor, max_frames=200,
+    ).eval()  # fmt: skip
+    from kdtool_asr.task import make_export_spec
+
+    spec = make_export_spec("asr_supernet", model, "m", [f"c{i}" for i in range(6)], {})
+    pred = Predictor.from_spec(spec)
+    info = DecoderInfo.from_metadata(spec.metadata.to_dict())
+    dec, join = pred.graphs["decoder"], pred.graphs["joiner"]
+    checked = 0
+    for bias in (0.0, -0.5, -1.5, -3.0):  # from mostly blank to a symbol (or more) every frame
+        with torch.no_grad():
+            model.joiner_out.bias[0] = bias
+        enc = torch.randn(2, 37, 8) * 2
+        lens = torch.tensor([37, 37])
+        batched = greedy_search(enc, lens, dec, join, info, max_symbols)  # batch 2: frame by frame
+        for b in range(2):
+            for lookahead in (1, 4, 64):
+                one = greedy_search_one(enc[b], 37, dec, join, info, max_symbols, lookahead=lookahead)
+                assert one == batched[b]
+            checked += len(batched[b])
+    assert checked > 20
+
+
 def test_wer_cer() -> None:
     assert edit_distance("a b c".split(), "a c d".split()) == 2
     rates = error_rates(["one two three", "four"], ["one too three", "four five"])
