@@ -82,6 +82,19 @@ def greedy_search(
         return [
             greedy_search_one(encoder_out[0], int(lengths[0]), decoder, joiner, info, max_symbols_per_frame)
         ]
+    return greedy_search_batched(encoder_out, lengths, decoder, joiner, info, max_symbols_per_frame)
+
+
+def greedy_search_batched(
+    encoder_out: torch.Tensor,
+    lengths: torch.Tensor,
+    decoder: Graph,
+    joiner: Graph,
+    info: DecoderInfo,
+    max_symbols_per_frame: int = 3,
+) -> list[list[int]]:
+    """The frame-by-frame loop over a batch: one joiner call per frame and symbol, one
+    decoder call per emission (what an app without kdtool's shortcuts does)."""
     batch, frames, _ = encoder_out.shape
     state = _DecoderState(decoder, info, batch)
     hyps: list[list[int]] = [[] for _ in range(batch)]

@@ -146,7 +146,7 @@ def test_greedy_transducer_on_hand_made_joiner() -> None:
 def test_one_utterance_fast_path_equals_the_batched_loop(predictor: str, max_symbols: int) -> None:
     """greedy_search_one (joiner over blocks of frames, decoder outputs cached by context)
     emits what the frame-by-frame batched loop emits."""
-    from kdtool_asr.decoding import greedy_search_one
+    from kdtool_asr.decoding import greedy_search_batched, greedy_search_one
     from kdtool_asr.models import SupernetRNNT
 
     from kdtool.task import Predictor
@@ -169,6 +169,9 @@ def test_one_utterance_fast_path_equals_the_batched_loop(predictor: str, max_sym
         enc = torch.randn(2, 37, 8) * 2
         lens = torch.tensor([37, 37])
         batched = greedy_search(enc, lens, dec, join, info, max_symbols)  # batch 2: frame by frame
+        assert batched == [
+            greedy_search_batched(enc[b : b + 1], lens[:1], dec, join, info, max_symbols)[0] for b in range(2)
+        ]
         for b in range(2):
             for lookahead in (1, 4, 64):
                 one = greedy_search_one(enc[b], 37, dec, join, info, max_symbols, lookahead=lookahead)
