@@ -2,7 +2,9 @@
 
 This is the reference for how an app must feed the model: the returned runner takes the
 graph inputs the manifest lists; ``predict_files`` applies the manifest's pre- and
-post-processing to real files (``kdtool predict``).
+post-processing to real files (``kdtool predict``). The manifest's ``format`` names the
+exporter whose ``load`` builds the runner: ONNX Runtime sessions for ``onnx``, sherpa-onnx's
+recogniser for ``sherpa`` (a runner that takes waveforms, see ``kdtool_asr.sherpa``).
 """
 
 from __future__ import annotations

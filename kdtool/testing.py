@@ -596,6 +596,11 @@ def check_exporter(
         raise ConformanceSkip(f"exporter {caps.name!r} needs {missing[0][0]!r} here: {missing[0][1]}")
     if caps.needs_gpu_to_build and not torch.cuda.is_available():
         raise ConformanceSkip(f"exporter {caps.name!r} needs an NVIDIA GPU to build (CUDA is not available)")
+    if caps.tasks and "kdtool_conformance" not in caps.tasks:
+        raise ConformanceSkip(
+            f"exporter {caps.name!r} exports only task(s) {', '.join(caps.tasks)}, not the kit's reference "
+            "classifier: its plugin's own tests export and load a model of those tasks"
+        )
     c.ok(f"capabilities: {caps.suffix}, precisions {', '.join(caps.precisions)}")
     precision = precision or ("fp32" if "fp32" in caps.precisions else caps.precisions[0])
     c.require(precision in caps.precisions, "precision", f"precision {precision!r} is not declared", "")

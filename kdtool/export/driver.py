@@ -234,6 +234,12 @@ def export_model(
     check_overwrite(out_dir, identity, force=request.force, echo=echo)
     echo(f"export {profile.name}: {model_name} ({precision}) -> {out_dir}")
     spec = ctx_run.export_spec(model_name)
+    if caps.tasks and spec.task not in caps.tasks:
+        raise ExportError(
+            f"target {profile.name!r} (exporter {caps.name}) exports only task(s) {', '.join(caps.tasks)}; "
+            f"model {model_name!r} is task {spec.task!r}",
+            hint="`kdtool targets` lists the targets",
+        )
     if request.batch is not None:
         spec = apply_batch(spec, request.batch)
 

@@ -50,6 +50,8 @@ class Capabilities:
     needs_macos_to_run: bool = False
     # Python modules the exporter needs, with the line that installs them.
     requires: tuple[tuple[str, str], ...] = ()
+    # Tasks whose export specs it takes (empty: any task), e.g. a speech runtime's layout.
+    tasks: tuple[str, ...] = ()
 
     def missing_requirements(self) -> list[tuple[str, str]]:
         import importlib.util

@@ -2,8 +2,10 @@
 
 Task ``asr_supernet`` (see :mod:`kdtool_asr.task` for the method and its open-point choices),
 architecture ``asr_supernet_rnnt`` (:mod:`kdtool_asr.models`), optimizer ``scaled_adam`` and
-schedule ``schedule:eden`` (:mod:`kdtool_asr.optim`), and the ``kdtool subnets`` command
-(:mod:`kdtool_asr.subnets`).
+schedule ``schedule:eden`` (:mod:`kdtool_asr.optim`), the ``kdtool subnets`` command (:mod:`kdtool_asr.subnets`), and
+the exporter ``sherpa`` with targets ``sherpa-onnx`` and ``sherpa-onnx-int8``: a directory
+sherpa-onnx's offline transducer loads as it is, run by kdtool through sherpa-onnx
+(:mod:`kdtool_asr.sherpa`, optional extra ``sherpa``).
 
 Licenses: the embedded default data is synthesised with eSpeak NG, GPL-3.0-or-later, used
 through the optional PyPI package ``espeakng-loader`` (extra ``speech``) via ctypes; nothing of
@@ -49,6 +51,21 @@ def register_optimizers(register: Register) -> None:
         eden,
         description="Eden schedule (icefall): decays with batches and epochs, linear warm-up",
     )
+
+
+@hookimpl
+def register_exporters(register: Register) -> None:
+    from .sherpa import SherpaExporter
+
+    register("sherpa", SherpaExporter, description=SherpaExporter.capabilities.description)
+
+
+@hookimpl
+def register_targets(register: Register) -> None:
+    from .sherpa import TARGETS
+
+    for profile in TARGETS:
+        register(profile.name, profile, description=profile.description)
 
 
 @hookimpl

@@ -64,6 +64,9 @@ class _DecoderState:
             self.c = torch.where(emit[None, :, None], c, self.c)
 
 
+LOOKAHEAD = 8
+
+
 def greedy_search(
     encoder_out: torch.Tensor,
     lengths: torch.Tensor,
@@ -73,7 +76,25 @@ def greedy_search(
     max_symbols_per_frame: int = 3,
 ) -> list[list[int]]:
     """Batched greedy transducer search: at each frame emit the argmax until it is blank
-    (or ``max_symbols_per_frame`` symbols). encoder_out (B, T, J), lengths (B,)."""
+    (or ``max_symbols_per_frame`` symbols). encoder_out (B, T, J), lengths (B,).
+    One utterance goes through :func:`greedy_search_one` (fewer graph calls)."""
+    if encoder_out.shape[0] == 1:
+        return [
+            greedy_search_one(encoder_out[0], int(lengths[0]), decoder, joiner, info, max_symbols_per_frame)
+        ]
+    return greedy_search_batched(encoder_out, lengths, decoder, joiner, info, max_symbols_per_frame)
+
+
+def greedy_search_batched(
+    encoder_out: torch.Tensor,
+    lengths: torch.Tensor,
+    decoder: Graph,
+    joiner: Graph,
+    info: DecoderInfo,
+    max_symbols_per_frame: int = 3,
+) -> list[list[int]]:
+    """The frame-by-frame loop over a batch: one joiner call per frame and symbol, one
+    decoder call per emission (what an app without kdtool's shortcuts does)."""
     batch, frames, _ = encoder_out.shape
     state = _DecoderState(decoder, info, batch)
     hyps: list[list[int]] = [[] for _ in range(batch)]
@@ -93,6 +114,74 @@ def greedy_search(
             state.advance(tokens, emit)
             alive = emit
     return hyps
+
+
+def greedy_search_one(
+    encoder_out: torch.Tensor,
+    length: int,
+    decoder: Graph,
+    joiner: Graph,
+    info: DecoderInfo,
+    max_symbols_per_frame: int = 3,
+    lookahead: int = LOOKAHEAD,
+) -> list[int]:
+    """Greedy search of one utterance, encoder_out (T, J), with the same result as the
+    batched loop but far fewer graph calls (each costs a fixed overhead in Python):
+
+    - the joiner runs on ``lookahead`` frames at once with the current decoder output, since
+      that output only changes when a symbol is emitted: the first non-blank frame of the
+      block is where the frame-by-frame loop would emit next, and the blanks before it are
+      skipped in one call;
+    - a stateless decoder's outputs are cached by context (a character model revisits the
+      same few contexts all the time), so each distinct context runs the decoder once.
+    """
+    enc = encoder_out.reshape(-1, encoder_out.shape[-1])[:length]
+    blank = info.blank
+    hyp: list[int] = []
+    stateless = info.kind == "stateless"
+    cache: dict[tuple[int, ...], torch.Tensor] = {}
+    context: tuple[int, ...] = (blank,) * info.context_size
+    h = c = torch.zeros(0)
+
+    def decoder_out_for(ctx: tuple[int, ...]) -> torch.Tensor:
+        out = cache.get(ctx)
+        if out is None:
+            out = decoder(torch.tensor([ctx], dtype=torch.long))[0]
+            cache[ctx] = out
+        return out
+
+    if stateless:
+        dec = decoder_out_for(context)
+    else:
+        h = torch.zeros(1, 1, info.state_dim)
+        c = torch.zeros(1, 1, info.state_dim)
+        dec, h, c = decoder(torch.full((1, 1), blank, dtype=torch.long), h, c)
+    frames = enc.shape[0]
+    t = 0
+    while t < frames:
+        k = min(max(1, lookahead), frames - t)
+        logits = joiner(enc[t : t + k], dec.expand(k, -1).contiguous())[0]
+        tokens = logits.argmax(-1)
+        hits = torch.nonzero(tokens != blank)
+        if hits.numel() == 0:
+            t += k
+            continue
+        t += int(hits[0, 0])
+        token = int(tokens[int(hits[0, 0])])
+        for emitted in range(1, max_symbols_per_frame + 1):
+            hyp.append(token)
+            if stateless:
+                context = (*context[1:], token)
+                dec = decoder_out_for(context)
+            else:
+                dec, h, c = decoder(torch.full((1, 1), token, dtype=torch.long), h, c)
+            if emitted == max_symbols_per_frame:
+                break
+            token = int(joiner(enc[t : t + 1], dec)[0].argmax(-1)[0])
+            if token == blank:
+                break
+        t += 1
+    return hyp
 
 
 def beam_search(

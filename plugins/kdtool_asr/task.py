@@ -24,13 +24,21 @@ Choices for the method's open points (all recipe options, stage ``options`` unle
 
 Data (``data`` section): ``source: espeak`` (default; eSpeak NG speech synthesised at run
 time, GPL-3, optional extra ``speech``: see :mod:`kdtool_asr.synth`), ``librispeech``
-(``root``/``val_root`` in the LibriSpeech layout) or ``manifest`` (JSONL). Front end: 80-dim
-log-mel (:mod:`kdtool_asr.audio`), SpecAugment on training features, global mean/variance
-normalisation fitted on the training set and stored in the model (inside the encoder graph).
+(``root``/``val_root`` in the LibriSpeech layout) or ``manifest`` (JSONL). Front end
+(``data.features``, :mod:`kdtool_asr.audio`): Kaldi-compatible 80-bin fbank computed by
+kaldi-native-fbank with sherpa-onnx's settings (``kind: fbank``, the default) or the earlier
+torchaudio log-mel (``kind: logmel``). The run records its front end in
+``asr_features.json`` and ``summary.json`` (``features``), exports in the manifest's
+``preprocessing.features``; a run or export without the record was trained on log-mel and
+keeps using it. SpecAugment on training features, global mean/variance normalisation fitted
+on the training set and stored in the model (inside the encoder graph).
 
-Export: three graphs (encoder with dynamic time, stateless decoder over its context or LSTM
-decoder with explicit state, joiner); vocabulary, feature settings, blank id and context size
-travel in the metadata. Length bucketing is used for evaluation batches; training batches
+Export: three graphs in icefall's / sherpa-onnx's offline transducer layout (encoder
+``x`` (N, T, mels), ``x_lens`` -> ``encoder_out`` (N, T', J), ``encoder_out_lens``;
+stateless decoder ``y`` (N, context_size) -> ``decoder_out`` (N, J), or an LSTM decoder with
+explicit state; joiner ``encoder_out``, ``decoder_out`` -> ``logit`` (N, V)); vocabulary,
+feature settings, blank id and context size travel in the metadata. Target ``sherpa-onnx``
+(:mod:`kdtool_asr.sherpa`) adds sherpa-onnx's metadata, ``tokens.txt`` and a README. Length bucketing is used for evaluation batches; training batches
 come from the engine's shuffling sampler.
 """
 
@@ -45,6 +53,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from kdtool.errors import DataError, RecipeError
@@ -59,7 +68,15 @@ from kdtool.export.spec import (
 from kdtool.recipe import StageConfig
 from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
 
-from .audio import FEATURE_DEFAULTS, LogMel, read_audio
+from .audio import (
+    describe,
+    hop_samples,
+    make_frontend,
+    min_samples,
+    num_frames,
+    read_audio,
+    resolve_features,
+)
 from .data import (
     AsrDataset,
     CharTokenizer,
@@ -102,9 +119,10 @@ class AsrData(TaskOptions):
             raise ValueError("source 'librispeech' needs 'root' (root/SPEAKER/CHAPTER/*.flac + *.trans.txt)")
         if self.source == "manifest" and not self.train_manifest:
             raise ValueError("source 'manifest' needs 'train_manifest' (JSONL: audio, text, duration)")
-        unknown = set(self.features) - set(FEATURE_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown features keys {sorted(unknown)}; known: {sorted(FEATURE_DEFAULTS)}")
+        try:
+            resolve_features(self.features)
+        except DataError as exc:
+            raise ValueError(f"features: {exc.message}") from None
         try:
             SpecAugment(**self.spec_augment)
         except TypeError as exc:
@@ -144,15 +162,38 @@ def _unwrap(model: nn.Module) -> SupernetRNNT:
 # --------------------------------------------------------------------------- export graphs
 
 
+class SlicedKernelConv(KernelConv):
+    """:class:`KernelConv` that convolves an input of L frames with only the first L taps of
+    the kernel (the others only ever meet the zero left padding): the same output, but the
+    cost grows with the input instead of with ``max_frames``. ONNX Runtime's depthwise Conv
+    over the full ``kernel_frames``-tap kernel made the exported encoder 2-3x slower than
+    PyTorch on short utterances."""
+
+    def __init__(self, conv: KernelConv) -> None:
+        nn.Module.__init__(self)
+        self.register_buffer("weight", conv.weight)
+        self.register_buffer("skip", conv.skip)
+        self.length = conv.length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D, L)
+        frames = x.shape[-1]
+        # beyond max_frames the kernel's further taps are zero (as KernelConv treats them)
+        weight = F.pad(self.weight, (torch.sym_max(frames - self.length, 0), 0))
+        weight = weight[:, :, weight.shape[-1] - frames :]
+        y = F.conv1d(F.pad(x, (frames - 1, 0)), weight, groups=self.weight.shape[0])
+        return y + self.skip * x
+
+
 class EncoderGraph(nn.Module):
-    """features (B, T, mels) log-mel, lengths (B,) -> encoder_out (B, T', J), lengths (B,)."""
+    """x (B, T, mels) features, x_lens (B,) -> encoder_out (B, T', J), encoder_out_lens (B,)."""
 
     def __init__(self, model: SupernetRNNT, subnet: Subnet, kernel_frames: int) -> None:
         super().__init__()
         self.model = model
         self.subnet = subnet
         self.convs = nn.ModuleList(
-            model.blocks[i].export_conv(subnet.heads, kernel_frames) for i in range(subnet.layers)
+            SlicedKernelConv(model.blocks[i].export_conv(subnet.heads, kernel_frames))
+            for i in range(subnet.layers)
         )
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,12 +202,19 @@ class EncoderGraph(nn.Module):
 
 
 class StatelessDecoderGraph(nn.Module):
+    """y (B, context_size) int64 -> decoder_out (B, J). Negative ids read as the blank:
+    sherpa-onnx starts a hypothesis from the context ``[-1, ..., -1, blank]`` (icefall's
+    decoder gives -1 a zero embedding), kdtool from ``[blank] * context_size``; the blank
+    is the embedding's padding index (a zero row), so both start from the same state."""
+
     def __init__(self, model: SupernetRNNT) -> None:
         super().__init__()
         self.predictor = model.predictor
+        self.blank = int(model.blank)
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
-        return self.predictor.step(context)  # type: ignore[operator]
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        y = torch.where(y < 0, torch.full_like(y, self.blank), y)
+        return self.predictor.step(y)  # type: ignore[operator]
 
 
 class LSTMDecoderGraph(nn.Module):
@@ -209,12 +257,33 @@ class AsrSupernetTask(Task):
         self.tokenizer: CharTokenizer | None = None
         self._stats: tuple[list[float], list[float]] | None = None
         self._subnet_params: dict[tuple[int, Subnet], int] = {}
+        self._recorded_features: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ data
 
     @property
     def features(self) -> dict[str, Any]:
-        return {**FEATURE_DEFAULTS, **self.data.features}
+        """The resolved front-end settings: the run's record when :meth:`prepare` found one
+        (or found an older run without one: log-mel), else the recipe's ``data.features``."""
+        if self._recorded_features is not None:
+            return self._recorded_features
+        return resolve_features(self.data.features)
+
+    def prepare(self, run_dir: Path) -> None:
+        """Record the front end in ``run_dir/asr_features.json`` at the start of a run; a run
+        opened later (export, eval, resume) uses the recorded settings. A run that already
+        holds checkpoints or models but no record predates the fbank front end: log-mel."""
+        super().prepare(run_dir)
+        from kdtool.io import read_json, write_json
+
+        record = run_dir / FEATURES_RECORD
+        if record.exists():
+            saved = read_json(record, what="ASR feature record")
+            self._recorded_features = resolve_features(saved.get("features"), default_kind="logmel")
+        elif _has_progress(run_dir):
+            self._recorded_features = resolve_features(None, default_kind="logmel")
+        else:
+            write_json(record, {"features": self.features})
 
     def _load(self) -> dict[str, list[Utterance]]:
         if self._items is not None:
@@ -292,7 +361,7 @@ class AsrSupernetTask(Task):
             "feature_mean": [round(v, 6) for v in mean],
             "feature_std": [round(v, 6) for v in std],
             "max_frames": int(
-                self.data.max_duration * self.features["sample_rate"] / self.features["hop_length"]
+                self.data.max_duration * self.features["sample_rate"] / hop_samples(self.features)
             )
             + 1,
         }
@@ -380,15 +449,27 @@ class AsrSupernetTask(Task):
         return error_rates(refs, hyps)
 
     def transcribe(
-        self, predictor: Predictor, dataset: AsrDataset, indices: Iterable[int]
+        self,
+        predictor: Predictor,
+        dataset: AsrDataset,
+        indices: Iterable[int],
+        *,
+        max_symbols: int | None = None,
     ) -> tuple[list[str], list[str]]:
+        """References and hypotheses, in length-bucket order. A runner with its own front end
+        and search (sherpa-onnx: ``recognize``) is given the waveforms instead of features."""
         info = DecoderInfo.from_metadata(predictor.metadata)
         vocab = predictor.metadata.get("vocabulary") or []
         idx = list(indices)
         lengths = [dataset.features(i).shape[0] for i in idx]
         refs: list[str] = []
         hyps: list[str] = []
+        recognize = getattr(predictor, "recognize", None)
         for group in length_buckets(lengths, self.options.eval_batch_size):
+            if callable(recognize):
+                refs += [dataset.items[idx[g]].text for g in group]
+                hyps += recognize([dataset.waveform(idx[g]) for g in group])
+                continue
             items = [dataset[idx[g]] for g in group]
             batch = collate(items, blank=info.blank)
             enc, enc_lens = predictor.graphs["encoder"](batch["features"], batch["feature_lengths"])[:2]
@@ -398,7 +479,7 @@ class AsrSupernetTask(Task):
                 enc_lens,
                 info,
                 beam=self.options.beam,
-                max_symbols=self.options.max_symbols_per_frame,
+                max_symbols=max_symbols or self.options.max_symbols_per_frame,
             )
             refs += [it["text"] for it in items]
             hyps += [_detokenize(vocab, t) for t in tokens]
@@ -423,23 +504,53 @@ class AsrSupernetTask(Task):
     def predict_files(
         cls, predictor: Predictor, metadata: dict[str, Any], inputs: list[Path], out_dir: Path
     ) -> list[dict[str, Any]]:
-        settings = metadata["preprocessing"]["features"]
-        frontend = LogMel(settings)
+        """Transcribe audio files (WAV, FLAC, OGG; any rate and channel count: resampled and
+        mixed down). An unreadable, empty, too short (no feature frame) or too long (more
+        frames than the exported encoder takes) file is a DataError naming it."""
+        # an export without a feature kind was made before the fbank front end: log-mel
+        settings = resolve_features(metadata["preprocessing"]["features"], default_kind="logmel")
+        rate = int(settings["sample_rate"])
+        frontend = make_frontend(settings)
         info = DecoderInfo.from_metadata(metadata)
         vocab = metadata.get("vocabulary") or []
+        max_frames = int(metadata["preprocessing"].get("max_frames") or 0)
+        fewest = max(min_samples(settings), rate // 100)
+        recognize = getattr(predictor, "recognize", None)
+        max_symbols = int(metadata.get("postprocessing", {}).get("max_symbols_per_frame", 3))
         results = []
         for path in inputs:
-            wave = read_audio(path, int(settings["sample_rate"]))
-            feats = frontend(torch.from_numpy(wave))[None]
+            wave = read_audio(path, rate)
+            if wave.size < fewest:
+                raise DataError(
+                    f"audio file {path} is too short: {wave.size} samples at {rate} Hz "
+                    f"({1000 * wave.size / rate:.1f} ms); the front end needs at least {fewest} samples "
+                    f"({1000 * fewest / rate:.0f} ms) for one frame"
+                )
+            frames = num_frames(wave.size, settings)
+            if max_frames and frames > max_frames:
+                longest = max_frames * hop_samples(settings) / rate
+                raise DataError(
+                    f"audio file {path} is {wave.size / rate:.1f} s long; this model's encoder takes at most "
+                    f"{max_frames} frames ({longest:.1f} s)",
+                    hint=f"split the audio into pieces of at most {longest:.0f} s (e.g. at pauses) and decode each",
+                )
             start = time.perf_counter()
-            enc, enc_lens = predictor.graphs["encoder"](feats, torch.tensor([feats.shape[1]]))[:2]
-            tokens = decode_batch(predictor, enc, enc_lens, info, beam=0, max_symbols=3)[0]
+            if callable(recognize):
+                text = recognize([wave])[0]
+            else:
+                feats = frontend(wave)[None]
+                # the exported encoder was traced with at least MIN_FRAMES frames: pad, masked by x_lens
+                padded = torch.nn.functional.pad(feats, (0, 0, 0, max(0, MIN_FRAMES - feats.shape[1])))
+                enc, enc_lens = predictor.graphs["encoder"](padded, torch.tensor([feats.shape[1]]))[:2]
+                tokens = decode_batch(predictor, enc, enc_lens, info, beam=0, max_symbols=max_symbols)[0]
+                text = _detokenize(vocab, tokens)
             results.append(
                 {
                     "input": str(path),
-                    "text": _detokenize(vocab, tokens),
-                    "duration_s": round(wave.size / int(settings["sample_rate"]), 3),
+                    "text": text,
+                    "duration_s": round(wave.size / rate, 3),
                     "decode_ms": round((time.perf_counter() - start) * 1000, 2),
+                    "runtime": predictor.kind,
                 }
             )
         return results
@@ -477,7 +588,24 @@ class AsrSupernetTask(Task):
                 models[name] = write_subnet_model(
                     self, run_dir, stage.name, supernet, config, sub, name, label=label
                 )
-        return {"models": models} if models else {}
+        extras: dict[str, Any] = {"features": self.features}
+        if models:
+            extras["models"] = models
+        return extras
+
+
+FEATURES_RECORD = "asr_features.json"
+# Fewest feature frames the encoder is exported (traced) with; shorter inputs are zero-padded
+# to it (the padding is masked by x_lens).
+MIN_FRAMES = 16
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run directory already holds trained weights or checkpoints."""
+    return any(
+        (run_dir / sub).is_dir() and any(p.is_file() for p in (run_dir / sub).rglob("*"))
+        for sub in ("models", "checkpoints")
+    )
 
 
 def _default_kd() -> nn.Module:
@@ -517,6 +645,7 @@ def make_export_spec(
     task: AsrSupernetTask | None = None,
 ) -> ExportSpec:
     model = model.eval()
+    features = resolve_features(features)
     sub = model.default_subnet
     kernel_frames = int(model.output_lengths(torch.tensor(model.max_frames)))
     encoder = EncoderGraph(model, sub, kernel_frames).eval()
@@ -525,7 +654,7 @@ def make_export_spec(
     predictor_kind = model.predictor.kind
     context = model.predictor.context_size
     state_dim = getattr(model.predictor, "dim", 0)
-    min_time = 16
+    min_time = MIN_FRAMES
 
     def encoder_calibration(n: int) -> Iterable[tuple[torch.Tensor, ...]]:
         if task is None:
@@ -575,10 +704,12 @@ def make_export_spec(
             module=encoder,
             inputs=[
                 TensorSpec(
-                    "features", ("batch", "time", mels), description="log-mel frames (see preprocessing)"
+                    "x",
+                    ("batch", "time", mels),
+                    description="fbank (or log-mel) frames, see preprocessing.features",
                 ),
                 TensorSpec(
-                    "feature_lengths",
+                    "x_lens",
                     ("batch",),
                     dtype="int64",
                     value_range=(1, min_time + 1),
@@ -587,7 +718,7 @@ def make_export_spec(
             ],
             outputs=[
                 TensorSpec("encoder_out", ("batch", "frames", joiner_dim), role="output"),
-                TensorSpec("encoder_out_lengths", ("batch",), dtype="int64", role="output"),
+                TensorSpec("encoder_out_lens", ("batch",), dtype="int64", role="output"),
             ],
             dynamic_axes={
                 "batch": batch_axis,
@@ -605,7 +736,11 @@ def make_export_spec(
                 module=StatelessDecoderGraph(model).eval(),
                 inputs=[
                     TensorSpec(
-                        "context", ("batch", context), dtype="int64", value_range=(0, model.vocab_size)
+                        "y",
+                        ("batch", context),
+                        dtype="int64",
+                        value_range=(0, model.vocab_size),
+                        description="the last context_size tokens (negative ids read as blank)",
                     )
                 ],
                 outputs=[TensorSpec("decoder_out", ("batch", joiner_dim), role="output")],
@@ -642,7 +777,7 @@ def make_export_spec(
                 TensorSpec("encoder_out", ("batch", joiner_dim)),
                 TensorSpec("decoder_out", ("batch", joiner_dim)),
             ],
-            outputs=[TensorSpec("logits", ("batch", model.vocab_size), role="output")],
+            outputs=[TensorSpec("logit", ("batch", model.vocab_size), role="output")],
             dynamic_axes={"batch": batch_axis},
             quantization=QuantizationHints(preferred="dynamic"),
             calibration_inputs=joiner_calibration,
@@ -659,7 +794,7 @@ def make_export_spec(
                 "kind": "audio",
                 "sample_rate": int(features["sample_rate"]),
                 "features": dict(features),
-                "feature": "log-mel: log(mel_power + log_offset), frames x mels",
+                "feature": describe(features),
                 "normalization": "global mean/variance, inside the encoder graph",
                 "max_frames": model.max_frames,
             },

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from kdtool_asr.audio import LogMel, read_audio
+from kdtool_asr.audio import make_frontend, read_audio
 from kdtool_asr.data import AsrDataset, CharTokenizer, collate, jsonl_manifest, librispeech
 from kdtool_asr.decoding import DecoderInfo, beam_search, edit_distance, error_rates, greedy_search
 
@@ -45,7 +45,7 @@ def test_librispeech_loader(tmp_path: Path) -> None:
     tok = CharTokenizer.from_texts([u.text for u in items])
     ds = AsrDataset(items, tok, features={}, augment=None, seed=0)
     item = ds[1]
-    assert item["features"].shape == (int(0.6 * 16000) // 160 + 1, 80)
+    assert item["features"].shape == (int(0.6 * 16000) // 160, 80)  # fbank, snip_edges false
     assert tok.decode(item["targets"].tolist()) == "it's a test"
 
 
@@ -94,8 +94,8 @@ def test_predict_front_end_matches_training_front_end(tmp_path: Path) -> None:
     (tmp_path / "m.jsonl").write_text(json.dumps({"audio": "u.wav", "text": "ab"}) + "\n")
     items = jsonl_manifest(tmp_path / "m.jsonl")
     ds = AsrDataset(items, CharTokenizer.from_texts(["ab"]), features={}, augment=None, seed=0)
-    frontend = LogMel({})
-    direct = frontend(torch.from_numpy(read_audio(tmp_path / "u.wav")))
+    frontend = make_frontend({})
+    direct = frontend(read_audio(tmp_path / "u.wav"))
     assert torch.equal(ds[0]["features"], direct)
 
 
@@ -139,6 +139,45 @@ def test_greedy_transducer_on_hand_made_joiner() -> None:
     enc2 = torch.cat([enc, torch.tensor([[[0, 0, 0, 1.0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 1, 0, 0]]])])
     assert greedy_search(enc2, torch.tensor([4, 2]), decoder, joiner, info) == [[1, 2, 3], [3, 2]]
     assert beam_search(enc, 4, decoder, joiner, info, beam=3) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("predictor", ["stateless", "lstm"])
+@pytest.mark.parametrize("max_symbols", [1, 3])
+def test_one_utterance_fast_path_equals_the_batched_loop(predictor: str, max_symbols: int) -> None:
+    """greedy_search_one (joiner over blocks of frames, decoder outputs cached by context)
+    emits what the frame-by-frame batched loop emits."""
+    from kdtool_asr.decoding import greedy_search_batched, greedy_search_one
+    from kdtool_asr.models import SupernetRNNT
+
+    from kdtool.task import Predictor
+
+    torch.manual_seed(1)
+    model = SupernetRNNT(
+        vocab_size=6, head_dim=4, max_heads=1, max_layers=1, max_ffn=4, state_size=2, front_channels=4,
+        joiner_dim=8, predictor_dim=8, predictor=predictor, max_frames=200,
+    ).eval()  # fmt: skip
+    from kdtool_asr.task import make_export_spec
+
+    spec = make_export_spec("asr_supernet", model, "m", [f"c{i}" for i in range(6)], {})
+    pred = Predictor.from_spec(spec)
+    info = DecoderInfo.from_metadata(spec.metadata.to_dict())
+    dec, join = pred.graphs["decoder"], pred.graphs["joiner"]
+    checked = 0
+    for bias in (0.0, -0.5, -1.5, -3.0):  # from mostly blank to a symbol (or more) every frame
+        with torch.no_grad():
+            model.joiner_out.bias[0] = bias
+        enc = torch.randn(2, 37, 8) * 2
+        lens = torch.tensor([37, 37])
+        batched = greedy_search(enc, lens, dec, join, info, max_symbols)  # batch 2: frame by frame
+        assert batched == [
+            greedy_search_batched(enc[b : b + 1], lens[:1], dec, join, info, max_symbols)[0] for b in range(2)
+        ]
+        for b in range(2):
+            for lookahead in (1, 4, 64):
+                one = greedy_search_one(enc[b], 37, dec, join, info, max_symbols, lookahead=lookahead)
+                assert one == batched[b]
+            checked += len(batched[b])
+    assert checked > 20
 
 
 def test_wer_cer() -> None:
