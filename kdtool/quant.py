@@ -155,7 +155,6 @@ class QuantLayer(nn.Module):
         if self.act_in.observing:
             y = layer(x)
         else:
-            in_scale, _ = self.act_in.qparams()
             weight = layer.weight
             if _EXPORT_QDQ and self.frozen is not None:
                 q, w_scales, bq, step = self.frozen
@@ -172,7 +171,7 @@ class QuantLayer(nn.Module):
                 w = _fake_weight(weight)
                 bias = layer.bias
                 if bias is not None:
-                    bias = _fake_bias(bias, in_scale, weight_scales(weight))
+                    bias = _fake_bias(bias, self.act_in.qparams()[0], weight_scales(weight))
             y = _apply(layer, x, w, bias)
         if self.act_out is not None:
             y = self.act_out(y)

@@ -702,6 +702,10 @@ def quant_summary(path: Path) -> dict[str, Any]:
     between quantized ops). Dynamic (weight-only) graphs count their integer ops."""
     model = onnx.load(str(path), load_external_data=False)
     producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
     quantized: dict[str, int] = {}
     floating: dict[str, int] = {}
     q = dq = 0
@@ -716,7 +720,11 @@ def quant_summary(path: Path) -> dict[str, Any]:
         if op in _LAYOUT_OPS:
             continue
         integer_op = op.startswith(("QLinear", "ConvInteger", "MatMulInteger", "DynamicQuantize"))
-        if integer_op or any(producer.get(i) == "DequantizeLinear" for i in node.input):
+        # ORT folds a Relu/Clip that feeds only QuantizeLinear into the quantization.
+        folded = op in ("Relu", "Clip") and all(
+            c == "QuantizeLinear" for o in node.output for c in consumers.get(o, ["graph output"])
+        )
+        if integer_op or folded or any(producer.get(i) == "DequantizeLinear" for i in node.input):
             quantized[op] = quantized.get(op, 0) + 1
         else:
             floating[op] = floating.get(op, 0) + 1
