@@ -231,7 +231,9 @@ class Recipe(_Strict):
                     )
             if stage.init is not None:
                 if stage.init not in seen:
-                    raise ValueError(_unknown("stage", stage.name, "init stage (an earlier stage)", stage.init, seen))
+                    raise ValueError(
+                        _unknown("stage", stage.name, "init stage (an earlier stage)", stage.init, seen)
+                    )
                 if self.stage(stage.init).model != stage.model:
                     raise ValueError(
                         f"stage {stage.name!r}: init stage {stage.init!r} trains model "
