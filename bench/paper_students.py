@@ -29,7 +29,7 @@ from kdtool_onnx.exporter import OnnxExporter, OnnxOptions, describe_quantizatio
 from kdtool import runtime
 from kdtool.engine.trainer import build_model, build_task
 from kdtool.export.exporter import ExportContext
-from kdtool.export.manifest import write_manifest
+from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, write_manifest
 from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple
 from kdtool.plugins import get_plugin_manager
 from kdtool.recipe import recipe_from_dict
@@ -171,6 +171,7 @@ def export_variant(spec: ExportSpec, variant: str, out_dir: Path) -> tuple[Path,
     )
     artifact = OnnxExporter().export(spec, options, out_dir, ctx)
     manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
         "format": "onnx",
         "target": f"bench-{variant}",
         "model": spec.model_name,
@@ -277,9 +278,16 @@ def measure_case(
         info = manifest["details"]["graphs"][graph.name]
         file = folder / manifest["graphs"][graph.name]["file"]
         size = sum(f.stat().st_size for f in folder.glob("*.onnx"))
-        runner = runtime.load(folder, threads=threads)
+        try:
+            runner = runtime.load(folder, threads=threads)
+            hand = hand_session(file, threads)
+        except Exception as exc:  # e.g. FP16 ops with no CPU kernel in this ONNX Runtime
+            message = str(exc).splitlines()[0][:300]
+            print(f"   {variant}: does not load in ONNX Runtime here: {message}", flush=True)
+            row = _row(case, key, variant, params, 1, None, None, None, None, size, export_s, {})
+            rows.append({**row, "error": f"does not load: {message}"})
+            continue
         kd_run = runner.graphs[graph.name]
-        hand = hand_session(file, threads)
         for batch in batches:
             x = _inputs(graph, batch)
             feed = {
@@ -359,7 +367,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
 
         def f(v: Any, fmt: str) -> str:
-            return format(v, fmt) if isinstance(v, (int, float)) else "-"
+            width = int(fmt.split(".")[0])
+            return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
 
         print(
             f"{r['recipe']:<26}{r['variant']:<14}{r['batch']:>6}{f(r['p50_ms'], '10.2f')}{f(r['p90_ms'], '10.2f')}"

@@ -89,6 +89,16 @@ def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path) -> None:
     qad = _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad2").manifest
     ptq = _export(run_dir, target="onnx-cpu-int8", model="student", out=run_dir / "exports" / "ptq").manifest
     assert qad["metric"]["artifact"] >= ptq["metric"]["artifact"] - 1e-9
+    # the PTQ manifest says where the graph stays float, and `kdtool bench` prints it
+    summary = ptq["details"]["graphs"]["model"]["quantization"]["summary"]
+    assert summary["quantize_nodes"] > 0 and summary["quantized_ops"].get("Conv", 0) > 0
+    assert "Sub" in summary["float_ops"] or "Div" in summary["float_ops"]  # input normalisation
+    from kdtool.cli.bench import bench_artifact
+
+    row = bench_artifact(
+        run_dir / "exports" / "ptq", batch=2, seconds=0.05, metric_limit=None, with_metric=False
+    )
+    assert any("QuantizeLinear" in n and "ops left in float" in n for n in row.notes)
 
 
 def test_fp32_export_of_a_qad_model_is_refused_clearly(run_dir: Path) -> None:
