@@ -127,17 +127,28 @@ class QuantLayer(nn.Module):
     """A Conv1d/Conv2d/Linear with fake-quantized input, weight and bias, and an optional
     fake-quantized output. Parameter names (``weight``, ``bias``) are the layer's own."""
 
-    def __init__(self, layer: nn.Module, activations: str, quant_output: bool) -> None:
+    def __init__(
+        self, layer: nn.Module, activations: str, quant_output: bool, shared_input: ActQuant | None = None
+    ) -> None:
         super().__init__()
         self.kind = type(layer).__name__
         self.layer = layer
-        self.act_in = ActQuant(activations)
+        # None: the input arrives quantized by ``shared_input`` (another module's output quantizer,
+        # held without registering it twice)
+        self.act_in = ActQuant(activations) if shared_input is None else None
+        object.__setattr__(self, "_shared_in", shared_input)
         self.act_out = ActQuant(activations) if quant_output else None
         self.frozen: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
 
+    @property
+    def input_quant(self) -> ActQuant:
+        q = self.act_in if self.act_in is not None else self._shared_in
+        assert q is not None
+        return q
+
     def freeze(self) -> None:
         """Integer weights (int8), their scales, and the int32 bias, as constants for export."""
-        in_scale, _ = self.act_in.qparams()
+        in_scale, _ = self.input_quant.qparams()
         weight = self.layer.weight.detach()
         w_scales = weight_scales(weight)
         shape = (-1,) + (1,) * (weight.dim() - 1)
@@ -150,9 +161,10 @@ class QuantLayer(nn.Module):
         self.frozen = (q, w_scales, bq, step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act_in(x)
+        if self.act_in is not None:
+            x = self.act_in(x)
         layer = self.layer
-        if self.act_in.observing:
+        if self.input_quant.observing:
             y = layer(x)
         else:
             weight = layer.weight
@@ -171,7 +183,7 @@ class QuantLayer(nn.Module):
                 w = _fake_weight(weight)
                 bias = layer.bias
                 if bias is not None:
-                    bias = _fake_bias(bias, self.act_in.qparams()[0], weight_scales(weight))
+                    bias = _fake_bias(bias, self.input_quant.qparams()[0], weight_scales(weight))
             y = _apply(layer, x, w, bias)
         if self.act_out is not None:
             y = self.act_out(y)
@@ -248,7 +260,7 @@ def trace_plan(
         if isinstance(module, _LAYERS):
             if name in called_twice or _matches(name, exclude):
                 continue
-            layers.setdefault(name, {"kind": type(module).__name__})
+            layers.setdefault(name, {"kind": type(module).__name__, "input_from": src[0] if src else None})
             chain_end[name] = name
         elif (
             isinstance(module, _BNS)
@@ -274,6 +286,16 @@ def trace_plan(
         else:
             layers[layer]["quant_output"] = False
             activations_after.append(end)
+    # A layer whose input is exactly another quantized output reuses that quantizer (one Q/DQ
+    # pair per tensor, as ONNX Runtime's quantizer writes it) instead of requantizing.
+    owner_of_bn = {bn: conv for bn, conv in folds.items()}
+    quantized_by = {n: n for n, info in layers.items() if info.get("quant_output")}
+    quantized_by.update({a: a for a in activations_after})
+    for info in layers.values():
+        src_name = info.pop("input_from", None)
+        src_name = owner_of_bn.get(src_name, src_name)
+        if src_name in quantized_by:
+            info["shared_input"] = src_name
     return {
         "precision": "int8",
         "activations": activations,
@@ -317,9 +339,24 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], *, fold: bool = True) -> 
                 conv.bias = nn.Parameter(torch.zeros(conv.out_channels))
             _set(model, bn_name, nn.Identity())
     for name, info in plan["layers"].items():
-        _set(model, name, QuantLayer(model.get_submodule(name), acts, bool(info.get("quant_output"))))
+        if not info.get("shared_input"):
+            _set(model, name, QuantLayer(model.get_submodule(name), acts, bool(info.get("quant_output"))))
     for name in plan["quantized_activations"]:
         _set(model, name, QuantAfter(model.get_submodule(name), acts))
+    # then the layers that reuse an output quantizer placed above (in forward order)
+    for name, info in plan["layers"].items():
+        source = info.get("shared_input")
+        if source:
+            producer = model.get_submodule(source)
+            shared = producer.act_out if isinstance(producer, (QuantLayer, QuantAfter)) else None
+            if shared is None:  # the producer has no output quantizer after all: quantize here
+                _set(model, name, QuantLayer(model.get_submodule(name), acts, bool(info.get("quant_output"))))
+                continue
+            _set(
+                model,
+                name,
+                QuantLayer(model.get_submodule(name), acts, bool(info.get("quant_output")), shared),
+            )
     model.kdtool_quantization_aware = plan  # type: ignore[assignment]
     return model
 
