@@ -76,6 +76,7 @@ def _task_spec(recipe: dict[str, Any], model_name: str) -> tuple[ExportSpec, int
 def _asr_spec() -> tuple[ExportSpec, int]:
     """The TODM supernet's default (largest) subnet at LibriSpeech sizes: 80 mel bins, 500 BPE
     tokens (the paper's vocabulary size), 20 s of audio at most, encoder timed at 10 s."""
+    from kdtool_asr.audio import FEATURE_DEFAULTS
     from kdtool_asr.task import make_export_spec
 
     registries = get_plugin_manager().registries()
@@ -86,7 +87,9 @@ def _asr_spec() -> tuple[ExportSpec, int]:
     model = registries.models.get("asr_supernet_rnnt")(
         **options, vocab_size=500, blank=0, num_mel_bins=80, max_frames=2001
     ).eval()
-    spec = make_export_spec("asr_supernet", model, "supernet", [f"t{i}" for i in range(500)], {}, None)
+    spec = make_export_spec(
+        "asr_supernet", model, "supernet", [f"t{i}" for i in range(500)], dict(FEATURE_DEFAULTS), None
+    )
     spec.graphs[0] = _with_opt(spec.graphs[0], "time", 1000)
     return spec, sum(p.numel() for p in model.parameters())
 
