@@ -7,6 +7,18 @@ process: batch-1 latency p50, size on disk and the task metric, with ratios to P
 (latency, size) and to FP32 (INT8's metric delta). Prints a table and writes JSON.
 
     python bench/export_latency.py [--train] [--recipes image_classification ...] [--threads 2]
+
+``--scale paper`` instead benchmarks the students of the paper-scale recipes
+(``recipes/*_300w.yaml``, ``*_voc.yaml``, ``*_iam.yaml``, ``*_librispeech.yaml``) at their paper
+input sizes, with random weights (latency does not depend on training; nothing is trained or
+downloaded), and INT8 calibrated on synthetic inputs of the right shape (random normal at the
+graph's opt sizes). Variants: PyTorch eager, ORT FP32, ORT FP16, static QDQ INT8 (S8S8 and U8S8)
+and weight-only INT8. Every artifact is timed twice, interleaved call by call in this process:
+through kdtool (``kdtool.runtime.load``) and through a session built by hand on the same file
+(``ORT_ENABLE_ALL``, the same intra-op thread count, plain numpy feeds, no kdtool code); the
+ratio kdtool / hand-built is reported per row, with p50/p90 at batch 1 and at a throughput batch.
+
+    cpujob python bench/export_latency.py --scale paper --threads 1 [--repeats 30] [--only landmarks]
 """
 
 from __future__ import annotations
@@ -25,6 +37,9 @@ from kdtool.export.bench import bench_predictor, graph_infos_from_spec
 from kdtool.export.driver import ExportRequest, RunContext, export_model
 from kdtool.recipe import load_recipe
 from kdtool.task import Predictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_students import main_paper  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,8 +109,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/export_latency.json"))
+    parser.add_argument("--scale", choices=["embedded", "paper"], default="embedded")
+    parser.add_argument("--repeats", type=int, default=30, help="--scale paper: timed calls per row")
+    parser.add_argument("--only", nargs="*", help="--scale paper: landmarks, segmentation, htr, asr")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        help="--scale paper: a subset of eager fp32 fp16 int8-s8 int8-u8 int8-weights",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scale == "paper":
+        out = args.out if args.out != Path("bench/results/export_latency.json") else None
+        return main_paper(args.threads, args.repeats, args.only, args.variants, out)
     all_rows: list[dict[str, Any]] = []
     for path in embedded_recipes():
         name = path.stem

@@ -109,6 +109,18 @@ class ScheduleConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class QuantizationAwareConfig(_Strict):
+    """``quantization_aware`` on a stage: fine-tune with INT8 simulated as the exporter will
+    write it (see :mod:`kdtool.quant`); ``int8`` is shorthand for the defaults."""
+
+    precision: Literal["int8"] = "int8"
+    # u8 is the onnx-cpu-int8 (x86) default; s8 for targets that prefer signed activations.
+    activations: Literal["u8", "s8"] = "u8"
+    calibration_samples: int = Field(default=32, ge=1)
+    # module names (or name prefixes) kept in float, besides the task's own export hints
+    exclude: list[str] = Field(default_factory=list)
+
+
 class StageConfig(_Strict):
     """One training stage: one model trains, optionally learning from frozen teachers."""
 
@@ -131,6 +143,14 @@ class StageConfig(_Strict):
     eval_every_steps: int | None = Field(default=None, ge=1)
     # Task-specific per-stage options (curriculum, temperature, ...), read by the task.
     options: dict[str, Any] = Field(default_factory=dict)
+    # An earlier stage of the same model whose trained weights this stage starts from.
+    init: str | None = None
+    quantization_aware: QuantizationAwareConfig | None = None
+
+    @field_validator("quantization_aware", mode="before")
+    @classmethod
+    def _quant_shorthand(cls, value: Any) -> Any:
+        return {"precision": value} if isinstance(value, str) else value
 
     @field_validator("teachers", mode="before")
     @classmethod
@@ -233,6 +253,16 @@ class Recipe(_Strict):
                 if t.stage is not None and t.stage not in seen:
                     raise ValueError(
                         _unknown("stage", stage.name, "teacher stage (an earlier stage)", t.stage, seen)
+                    )
+            if stage.init is not None:
+                if stage.init not in seen:
+                    raise ValueError(
+                        _unknown("stage", stage.name, "init stage (an earlier stage)", stage.init, seen)
+                    )
+                if self.stage(stage.init).model != stage.model:
+                    raise ValueError(
+                        f"stage {stage.name!r}: init stage {stage.init!r} trains model "
+                        f"{self.stage(stage.init).model!r}, not {stage.model!r}"
                     )
             seen.append(stage.name)
         for stage in self.stages:

@@ -18,12 +18,18 @@ from kdtool.export.manifest import find_manifest, read_manifest
 from kdtool.plugins import get_registries
 
 
-def load(path: str | Path, *, device: str = "cpu") -> ArtifactRunner:
-    """A runner for an artifact folder, its manifest, or a file inside it."""
+def load(path: str | Path, *, device: str = "cpu", threads: int | None = None) -> ArtifactRunner:
+    """A runner for an artifact folder, its manifest, or a file inside it.
+
+    ``threads`` overrides the artifact's intra-op thread count where its format has one
+    (ONNX Runtime: ``options.threads``; 0 means the runtime's default)."""
     manifest_path = find_manifest(Path(path))
     manifest = read_manifest(manifest_path)
     exporter = get_registries().exporters.get(manifest["format"])()
-    runner = exporter.load(manifest_path.parent, manifest, device=device)
+    load_manifest = manifest
+    if threads is not None and "threads" in manifest.get("options", {}):
+        load_manifest = {**manifest, "options": {**manifest["options"], "threads": threads}}
+    runner = exporter.load(manifest_path.parent, load_manifest, device=device)
     runner.manifest = manifest  # type: ignore[attr-defined]
     runner.directory = manifest_path.parent  # type: ignore[attr-defined]
     return runner

@@ -45,6 +45,10 @@ def bench_artifact(
         size_bytes=manifest["size_bytes"],
         params=manifest.get("params"),
     )
+    for graph, info in (manifest.get("details", {}).get("graphs") or {}).items():
+        summary = (info.get("quantization") or {}).get("summary")
+        if summary:
+            row.notes.append(f"INT8 graph {graph!r}: {_describe_quantization(summary)}")
     baseline = reset_peak()
     try:
         runner = runtime.load(directory)
@@ -63,6 +67,16 @@ def bench_artifact(
         row.metric = float(run.task.evaluate(runner, "val", limit=metric_limit)[metric])
     record_in_manifest(directory, row)
     return row
+
+
+def _describe_quantization(summary: dict[str, object]) -> str:
+    """Q/DQ node counts and the op types left in float (why INT8 may not pay)."""
+    floats = summary.get("float_ops") or {}
+    listed = ", ".join(f"{k} x{v}" for k, v in floats.items()) if isinstance(floats, dict) else ""
+    return (
+        f"{summary.get('quantize_nodes', 0)} QuantizeLinear / {summary.get('dequantize_nodes', 0)} "
+        f"DequantizeLinear nodes; ops left in float: {listed or 'none'}"
+    )
 
 
 def bench_run(

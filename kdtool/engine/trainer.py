@@ -115,6 +115,10 @@ def rebuild_model(registries: Registries, config: dict[str, Any], weights: Path 
         module = registries.models.get(config["arch"])(**config.get("options", {}))
     except KeyError as exc:
         raise RunError(f"model config lacks {exc}") from None
+    if config.get("quantization_aware"):
+        from kdtool.quant import apply_plan
+
+        apply_plan(module, config["quantization_aware"], fold=False)
     if weights is not None:
         state = load_weights(weights)
         try:
@@ -170,6 +174,34 @@ def load_teacher(
             f"teacher {ref.name!r}: {ref.checkpoint} does not fit architecture {ref.arch!r}: {exc}"
         ) from None
     return built.module
+
+
+def init_stage_model(task: Task, run_dir: Path, stage: StageConfig, built: BuiltModel) -> BuiltModel:
+    """``init``: start from an earlier stage's weights; ``quantization_aware``: fold, place
+    fake quantizers and calibrate them (:mod:`kdtool.quant`), the plan kept in the config."""
+    if stage.init is not None:
+        weights = run_dir / "models" / f"{stage.init}.safetensors"
+        if not weights.exists():
+            raise RunError(
+                f"stage {stage.name!r} starts from stage {stage.init!r}, which has not finished in run {run_dir}",
+                hint="run that stage first (drop --only/--skip)",
+            )
+        built.module.load_state_dict(load_weights(weights))
+    qa = stage.quantization_aware
+    if qa is not None:
+        from kdtool.quant import prepare_stage_model
+
+        plan = prepare_stage_model(
+            built.module,
+            task,
+            stage.model,
+            activations=qa.activations,
+            calibration_samples=qa.calibration_samples,
+            exclude=qa.exclude,
+        )
+        plan["init"] = stage.init
+        built = BuiltModel(built.module, {**built.config, "quantization_aware": plan})
+    return built
 
 
 def build_losses(stage: StageConfig, registries: Registries) -> nn.ModuleDict:
@@ -436,6 +468,8 @@ class Engine:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe.seed * 1_000_003 + zlib.crc32(stage.model.encode()))
             built = build_model(task, self.registries, stage.model, recipe.models[stage.model])
+        with torch.random.fork_rng(devices=[]):
+            built = init_stage_model(task, run_dir, stage, built)
         model = built.module.to(device)
         teachers: dict[str, nn.Module] = {}
         for ref in stage.teachers:

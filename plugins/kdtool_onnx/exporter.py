@@ -8,8 +8,11 @@
   applied when the model is loaded.
 - FP16: float initialisers and ops converted, inputs and outputs kept in FP32.
 - INT8 static (QDQ): shape inference and pre-processing first, calibration on the recipe's own
-  data (MinMax, Entropy or Percentile), per-channel weights, S8S8 by default (U8S8 as an
-  option). INT8 dynamic (weights only) for RNN and transformer graphs.
+  data (MinMax, Entropy or Percentile), per-channel weights, S8S8 as the option default, U8S8
+  in the x86 and ARM profiles (measured faster on x86). INT8 dynamic (weights only) for RNN and
+  transformer graphs. The manifest records Q/DQ counts and which op types stayed float.
+- QAD: a model trained quantization-aware (:mod:`kdtool.quant`) is exported with its fake
+  quantizers as Q/DQ and their learned scales; no calibration.
 - Verification: ONNX Runtime against PyTorch on real samples and at two sizes per dynamic
   axis, max abs and relative error recorded.
 """
@@ -43,6 +46,7 @@ from kdtool.export.exporter import (
     run_in_fixed_batches,
 )
 from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple
+from kdtool.quant import export_qdq, find_plan, is_quantization_aware
 
 # torch.onnx logs a warning per missing optional library (torchvision ops); not the user's concern.
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -96,6 +100,15 @@ class OnnxExporter(Exporter):
         not_verified: list[str] = []
         for graph in spec.graphs:
             name = "model" if len(spec.graphs) == 1 else graph.name
+            if is_quantization_aware(graph.module):
+                final = out_dir / f"{name}.onnx"
+                info = export_learned_qdq(graph, final, options, target=ctx.target)
+                embed_metadata(final, spec, graph)
+                info["ops"] = op_histogram(final)
+                info["quantization"]["summary"] = quant_summary(final)
+                details["graphs"][graph.name] = info
+                graph_files[graph.name] = final
+                continue
             fp32_path = (
                 out_dir / f"{name}.fp32.onnx" if options.precision != "fp32" else out_dir / f"{name}.onnx"
             )
@@ -132,6 +145,8 @@ class OnnxExporter(Exporter):
                 fp32_path.unlink()
             embed_metadata(final, spec, graph)
             info["ops"] = op_histogram(final)
+            if options.precision == "int8":
+                info["quantization"]["summary"] = quant_summary(final)
             details["graphs"][graph.name] = info
             graph_files[graph.name] = final
         if options.execution_provider != "cpu":
@@ -357,6 +372,33 @@ def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: 
         + "; ".join(attempts),
         hint="try --opt exporter=torchscript or a different opset (--opt opset=17), or replace the op in the model",
     )
+
+
+def export_learned_qdq(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: str) -> dict[str, Any]:
+    """A quantization-aware (QAD) model: its fake quantizers become QuantizeLinear /
+    DequantizeLinear with the learned scales (no calibration); ORT fuses them at load."""
+    if options.precision != "int8":
+        raise ExportError(
+            f"target {target!r}: graph {graph.name!r} was trained quantization-aware (INT8 simulated in "
+            f"training); export it with --precision int8",
+            hint="for an FP32 artifact export the stage it started from (--model <init stage>)",
+        )
+    plan = find_plan(graph.module)
+    with export_qdq(graph.module):
+        info = export_graph(graph, path, options, target=target)
+    if options.cleanup:
+        cleanup(path)
+    info["quantization"] = {
+        "mode": "static",
+        "format": "QDQ",
+        "scales": "learned by quantization-aware distillation (QAD); not calibrated",
+        "activations": plan.get("activations") if plan else None,
+        "per_channel": True,
+        "weights": plan.get("weights") if plan else None,
+        "qad_init_stage": plan.get("init") if plan else None,
+        "excluded": plan.get("excluded", []) if plan else [],
+    }
+    return info
 
 
 def probe_sizes(graph: GraphSpec) -> list[dict[str, int]]:
@@ -643,6 +685,64 @@ def op_histogram(path: Path) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+# Ops that carry no arithmetic worth quantizing: their staying float costs nothing.
+_LAYOUT_OPS = {
+    "Shape", "Constant", "ConstantOfShape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
+    "Cast", "Range", "Equal", "Where", "Expand", "Identity", "Less", "Greater", "Not", "And", "Or",
+    "Reshape", "Transpose", "Flatten", "Split",
+}  # fmt: skip
+
+
+def quant_summary(path: Path) -> dict[str, Any]:
+    """Where an INT8 graph stays float: Q/DQ node counts, and per op type how many compute
+    nodes read a dequantized input (run in INT8 after ORT fuses the Q/DQ pattern) and how
+    many do not (stay float, with a DQ -> op -> Q round trip around them when they sit
+    between quantized ops). Dynamic (weight-only) graphs count their integer ops."""
+    model = onnx.load(str(path), load_external_data=False)
+    producer = {out: n.op_type for n in model.graph.node for out in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    quantized: dict[str, int] = {}
+    floating: dict[str, int] = {}
+    q = dq = 0
+    for node in model.graph.node:
+        op = node.op_type
+        if op == "QuantizeLinear" or op == "DynamicQuantizeLinear":
+            q += 1
+            continue
+        if op == "DequantizeLinear":
+            dq += 1
+            continue
+        if op in _LAYOUT_OPS:
+            continue
+        integer_op = op.startswith(("QLinear", "ConvInteger", "MatMulInteger", "DynamicQuantize"))
+        # ORT folds a Relu/Clip that feeds only QuantizeLinear into the quantization.
+        folded = op in ("Relu", "Clip") and all(
+            c == "QuantizeLinear" for o in node.output for c in consumers.get(o, ["graph output"])
+        )
+        if integer_op or folded or any(producer.get(i) == "DequantizeLinear" for i in node.input):
+            quantized[op] = quantized.get(op, 0) + 1
+        else:
+            floating[op] = floating.get(op, 0) + 1
+    return {
+        "quantize_nodes": q,
+        "dequantize_nodes": dq,
+        "quantized_ops": dict(sorted(quantized.items())),
+        "float_ops": dict(sorted(floating.items())),
+    }
+
+
+def describe_quantization(summary: dict[str, Any]) -> str:
+    """One line for warnings: Q/DQ counts and the op types left in float."""
+    floats = ", ".join(f"{k} x{v}" for k, v in summary.get("float_ops", {}).items()) or "none"
+    return (
+        f"{summary.get('quantize_nodes', 0)} QuantizeLinear / {summary.get('dequantize_nodes', 0)} "
+        f"DequantizeLinear nodes; ops left in float: {floats}"
+    )
 
 
 def make_session(path: Path, options: OnnxOptions, *, provider: str) -> Any:

@@ -79,7 +79,7 @@ def test_int8_static_qdq_per_channel(run_dir: Path) -> None:
     ops = m["details"]["graphs"]["model"]["ops"]
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     q = m["details"]["graphs"]["model"]["quantization"]
-    assert q["mode"] == "static" and q["format"] == "QDQ" and q["per_channel"] and q["activations"] == "s8"
+    assert q["mode"] == "static" and q["format"] == "QDQ" and q["per_channel"] and q["activations"] == "u8"
     assert q["calibration_samples"] == 32
     model = onnx.load(str(run_dir / "exports" / "onnx-cpu-int8" / "model.onnx"))
     # per-channel weights: some DequantizeLinear has a 1-D scale with more than one element
