@@ -390,11 +390,21 @@ class Engine:
 
     def _train_stage(self, run_dir: Path, index: int, stage: StageConfig) -> None:
         recipe, task, dist_info, device = self.recipe, self.task, self.dist, self.device
+
         # Initial weights depend on (seed, model name) only, so a student and its baseline start
         # from the same weights; the training stream is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed * 1_000_003 + zlib.crc32(stage.model.encode()))
-            built = build_model(task, self.registries, stage.model, recipe.models[stage.model])
+        def initial(name: str) -> BuiltModel:
+            if name not in recipe.models:
+                raise RecipeError(
+                    f"stage {stage.name!r}: no model {name!r} in the recipe ({sorted(recipe.models)})"
+                )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(recipe.seed * 1_000_003 + zlib.crc32(name.encode()))
+                return build_model(task, self.registries, name, recipe.models[name])
+
+        built = initial(stage.model)
+        # a task may start a model from another's initial weights (e.g. a supernet's slice)
+        task.init_stage_model(stage, built.module, lambda name: initial(name).module, recipe.stages)
         model = built.module.to(device)
         teachers: dict[str, nn.Module] = {}
         for ref in stage.teachers:

@@ -37,7 +37,7 @@ come from the engine's shuffling sampler.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +75,7 @@ from .decoding import DecoderInfo, beam_search, error_rates, greedy_search
 from .losses import lattice_kd, rnnt_loss
 from .models import KernelConv, Subnet, SupernetRNNT
 from .synth import words as synth_words
+from .training import TwinOf, WeightSchedule, stage_mismatch, sync_once, weight_at
 
 
 class AsrData(TaskOptions):
@@ -126,12 +127,24 @@ class StageOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_random: int = Field(default=2, ge=0)
     kd_distribution: Literal["collapsed", "full"] = "collapsed"
-    subnet_rnnt_weight: float = Field(default=0.0, ge=0)
+    # subnet loss = kd_weight(step) * KD + subnet_rnnt_weight(step) * RNN-T (each a number or a Ramp)
+    kd_weight: WeightSchedule = 1.0
+    subnet_rnnt_weight: WeightSchedule = 0.0
+    largest_only_steps: int = Field(default=0, ge=0, description="warm-up: only the largest trains")
+    twin: TwinOf | None = None
     dropout_max: float = Field(default=0.1, ge=0, lt=1)
     dropout_min: float = Field(default=0.0, ge=0, lt=1)
     dropout_power: float = Field(default=1.0, gt=0)
     dropout: float | None = Field(default=None, ge=0, lt=1, description="fixed rate for non-supernet stages")
     named_subnets: dict[str, dict[str, int]] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> StageOptions:
+        for name in ("kd_weight", "subnet_rnnt_weight"):
+            value = getattr(self, name)
+            if isinstance(value, float | int) and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        return self
 
 
 def _unwrap(model: nn.Module) -> SupernetRNNT:
@@ -207,6 +220,7 @@ class AsrSupernetTask(Task):
         self.tokenizer: CharTokenizer | None = None
         self._stats: tuple[list[float], list[float]] | None = None
         self._subnet_params: dict[tuple[int, Subnet], int] = {}
+        self._twin_dropout: dict[str, float] = {}
 
     # ------------------------------------------------------------ data
 
@@ -301,9 +315,11 @@ class AsrSupernetTask(Task):
         try:
             return StageOptions.model_validate(stage.options)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise RecipeError(f"stage {stage.name!r} options.{where}: {first['msg']}") from None
+            # a union (number or ramp) fails once per member: say all of them
+            problems = "; ".join(
+                f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:4]
+            )
+            raise RecipeError(f"stage {stage.name!r} {problems}") from None
 
     def params_of(self, model: SupernetRNNT, subnet: Subnet) -> int:
         key = (id(model), subnet)
@@ -316,6 +332,62 @@ class AsrSupernetTask(Task):
         frac = 1.0 if large == small else (self.params_of(model, subnet) - small) / (large - small)
         return opts.dropout_min + (opts.dropout_max - opts.dropout_min) * max(0.0, frac) ** opts.dropout_power
 
+    def init_stage_model(
+        self,
+        stage: StageConfig,
+        model: nn.Module,
+        initial_model: Callable[[str], nn.Module],
+        stages: Sequence[StageConfig],
+    ) -> None:
+        """A twin stage (``options.twin``) starts from its supernet's slice of the supernet's
+        initial weights and records the dropout that subnet gets inside the supernet."""
+        opts = self.stage_options(stage)
+        if opts.twin is None:
+            return
+        by_name = {s.name: s for s in stages}
+        parent = by_name.get(opts.twin.stage)
+        where = f"stage {stage.name!r} options.twin"
+        if parent is None or parent.role != "supernet":
+            raise RecipeError(
+                f"{where}: {opts.twin.stage!r} is not a supernet stage of this recipe "
+                f"(supernet stages: {[s.name for s in stages if s.role == 'supernet']})"
+            )
+        if opts.twin.check:
+            differ = stage_mismatch(stage, parent)
+            if differ:
+                raise RecipeError(
+                    f"{where}: a twin must train like its supernet stage {parent.name!r}, but "
+                    f"{', '.join(differ)} differ; copy them from the supernet stage, or set twin.check: false"
+                )
+        supernet = _unwrap(initial_model(parent.model))
+        sub = self._named_or_parse(supernet, parent, opts.twin.subnet, where)
+        twin = _unwrap(model)
+        state = supernet.extract(sub)
+        own = twin.state_dict()
+        mismatched = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        if mismatched:
+            raise RecipeError(
+                f"{where}: model {stage.model!r} is not the architecture of subnet {sub.label} of "
+                f"{parent.model!r} (e.g. {mismatched[0]}); give it max_layers/max_heads/max_ffn "
+                f"= {sub.layers}/{sub.heads}/{sub.ffn} and the supernet's other options"
+            )
+        with torch.no_grad():
+            twin.load_state_dict(state)
+        self._twin_dropout[stage.name] = self.dropout_for(supernet, sub, self.stage_options(parent))
+
+    def _named_or_parse(
+        self, model: SupernetRNNT, stage: StageConfig, value: str | dict[str, int], where: str
+    ) -> Subnet:
+        if isinstance(value, str):
+            named = self.named_subnets(model, stage)
+            if value not in named:
+                raise RecipeError(f"{where}: no named subnet {value!r}; named: {sorted(named)}")
+            return named[value]
+        try:
+            return model.check_subnet(Subnet.parse(value))  # type: ignore[arg-type]
+        except (KeyError, ValueError) as exc:
+            raise RecipeError(f"{where}: subnet {value}: {exc}") from None
+
     def training_step(
         self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
     ) -> dict[str, torch.Tensor]:
@@ -326,40 +398,59 @@ class AsrSupernetTask(Task):
         targets, target_lens = batch["targets"], batch["target_lengths"]
         blank = inner.blank
         if stage.role != "supernet":
-            p = opts.dropout if opts.dropout is not None else opts.dropout_max
+            if stage.name in self._twin_dropout:
+                p = self._twin_dropout[stage.name]
+            else:
+                p = opts.dropout if opts.dropout is not None else opts.dropout_max
             logits, enc_lens = model(feats, lens, targets, subnet=None, dropout=p)
             return {"rnnt": rnnt_loss(logits, targets, enc_lens, target_lens, blank)}
 
-        # the sandwich rule: largest on the RNN-T loss, then random subnets and the smallest on KD
+        # The sandwich rule: the largest on the RNN-T loss, then random subnets and the smallest
+        # on kd_weight * KD + subnet_rnnt_weight * RNN-T; all backward passes accumulate and DDP
+        # averages the gradients once per step (sync_once).
+        step = int(ctx.step)
+        kd_w = weight_at(opts.kd_weight, step) * stage.loss_weight("kd")
+        hard_w = weight_at(opts.subnet_rnnt_weight, step)
+        warm = step < opts.largest_only_steps
         largest = inner.largest
-        logits, enc_lens = model(
-            feats, lens, targets, subnet=largest.to_dict(), dropout=self.dropout_for(inner, largest, opts)
-        )
-        loss = rnnt_loss(logits, targets, enc_lens, target_lens, blank)
-        ctx.backward(loss * stage.loss_weight("rnnt"))
-        teacher = logits.detach()
-        del logits
-        kd_module = ctx.loss("kd") if "kd" in ctx.losses else _default_kd()
-        subnets = [inner.sample_subnet(ctx.generator) for _ in range(opts.num_random)] + [inner.smallest]
-        kd_values = []
-        sub_rnnt = []
-        for sub in subnets:
-            s_logits, _ = model(
-                feats, lens, targets, subnet=sub.to_dict(), dropout=self.dropout_for(inner, sub, opts)
+        # subnets are drawn from (seed, step) only, so every DDP process samples the same ones
+        gen = torch.Generator(device=ctx.generator.device)
+        gen.manual_seed((int(ctx.seed) * 7919 + step * 104729) & 0x7FFFFFFFFFFFFFFF)
+        with sync_once(model):
+            logits, enc_lens = model(
+                feats, lens, targets, subnet=largest.to_dict(), dropout=self.dropout_for(inner, largest, opts)
             )
-            kd = lattice_kd(
-                kd_module, s_logits, teacher, targets, enc_lens, target_lens, blank, opts.kd_distribution
-            )
-            total = kd * stage.loss_weight("kd")
-            if opts.subnet_rnnt_weight > 0:
-                r = rnnt_loss(s_logits, targets, enc_lens, target_lens, blank)
-                total = total + opts.subnet_rnnt_weight * r
-                sub_rnnt.append(r.detach())
-            ctx.backward(total)
-            kd_values.append(kd.detach())
-        terms = {"rnnt": loss.detach(), "kd": torch.stack(kd_values).sum()}
+            loss = rnnt_loss(logits, targets, enc_lens, target_lens, blank)
+            ctx.backward(loss * stage.loss_weight("rnnt"))
+            terms = {"rnnt": loss.detach()}
+            if warm:
+                return terms
+            teacher = logits.detach()
+            del logits
+            kd_module = ctx.loss("kd") if "kd" in ctx.losses else _default_kd()
+            subnets = [inner.sample_subnet(gen) for _ in range(opts.num_random)] + [inner.smallest]
+            kd_values = []
+            sub_rnnt = []
+            for sub in subnets:
+                s_logits, _ = model(
+                    feats, lens, targets, subnet=sub.to_dict(), dropout=self.dropout_for(inner, sub, opts)
+                )
+                total = torch.zeros((), device=s_logits.device)
+                kd = lattice_kd(
+                    kd_module, s_logits, teacher, targets, enc_lens, target_lens, blank, opts.kd_distribution
+                )
+                if kd_w > 0:
+                    total = total + kd * kd_w
+                if hard_w > 0:
+                    r = rnnt_loss(s_logits, targets, enc_lens, target_lens, blank)
+                    total = total + hard_w * r
+                    sub_rnnt.append(r.detach())
+                ctx.backward(total)
+                kd_values.append(kd.detach())
+        # logged terms (the engine weights "kd" by its recipe weight, nothing more)
+        terms["kd"] = torch.stack(kd_values).sum() * weight_at(opts.kd_weight, step)
         if sub_rnnt:
-            terms["subnet_rnnt"] = torch.stack(sub_rnnt).sum() * opts.subnet_rnnt_weight
+            terms["subnet_rnnt"] = torch.stack(sub_rnnt).sum() * hard_w
         return terms
 
     # ------------------------------------------------------------ evaluation
