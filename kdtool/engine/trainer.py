@@ -539,11 +539,14 @@ class Engine:
         last_eval: dict[str, float] = {}
         eval_at_step = -1
 
+        eval_seconds = 0.0
+
         def evaluate(step: int) -> dict[str, float]:
-            nonlocal eval_at_step
+            nonlocal eval_at_step, eval_seconds
             eval_at_step = step
             if not dist_info.is_main:
                 return {}
+            started = time.perf_counter()
             model.eval()
             # Evaluation may draw random numbers (e.g. label noise); keep training's stream intact.
             np_state = np.random.get_state()
@@ -567,6 +570,7 @@ class Engine:
             metrics_log.append(
                 {"stage": stage.name, "step": step, "epoch": state.epoch, "split": "val", **result}
             )
+            eval_seconds += time.perf_counter() - started
             return result
 
         def checkpoint() -> None:
@@ -681,7 +685,9 @@ class Engine:
         if eval_at_step != state.step:
             last_eval = evaluate(state.step)
         if dist_info.is_main:
-            self._finish_stage(run_dir, stage, model, built, last_eval, state, teachers, best_path, cache)
+            self._finish_stage(
+                run_dir, stage, model, built, last_eval, state, teachers, best_path, cache, eval_seconds
+            )
         kdist.barrier(self.dist)
 
     def _finish_stage(
@@ -695,6 +701,7 @@ class Engine:
         teachers: dict[str, nn.Module],
         best_path: Path,
         cache: TeacherCache | None,
+        eval_seconds: float = 0.0,
     ) -> None:
         weights = run_dir / "models" / f"{stage.name}.safetensors"
         config_path = run_dir / "models" / f"{stage.name}.json"
@@ -723,6 +730,8 @@ class Engine:
             "weights": str(weights.relative_to(run_dir)),
             "config": str(config_path.relative_to(run_dir)),
             "train_seconds": round(state.train_seconds, 3),
+            # validation time within train_seconds (this process's evaluations; not kept on resume)
+            "eval_seconds": round(eval_seconds, 3),
             "steps": state.step,
             "kept": kept,
             "teachers": list(teachers),

@@ -37,6 +37,7 @@ come from the engine's shuffling sampler.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -119,6 +120,9 @@ class AsrOptions(TaskOptions):
     )
     max_symbols_per_frame: int = Field(default=3, ge=1)
     eval_batch_size: int = Field(default=32, ge=1)
+    eval_subnets: bool = Field(
+        default=True, description="a supernet's evaluation also reports wer_/cer_<named subnet>"
+    )
 
 
 class StageOptions(BaseModel):
@@ -221,6 +225,9 @@ class AsrSupernetTask(Task):
         self._stats: tuple[list[float], list[float]] | None = None
         self._subnet_params: dict[tuple[int, Subnet], int] = {}
         self._twin_dropout: dict[str, float] = {}
+        self._supernet_of: weakref.WeakKeyDictionary[Predictor, tuple[SupernetRNNT, torch.device | str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ------------------------------------------------------------ data
 
@@ -462,7 +469,34 @@ class AsrSupernetTask(Task):
         assert isinstance(dataset, AsrDataset)
         n = len(dataset) if limit is None else min(limit, len(dataset))
         refs, hyps = self.transcribe(predictor, dataset, range(n))
-        return error_rates(refs, hyps)
+        result = error_rates(refs, hyps)
+        if predictor in self._supernet_of:
+            result.update(self._named_subnet_rates(*self._supernet_of[predictor], split, limit, result))
+        return result
+
+    def _named_subnet_rates(
+        self,
+        model: SupernetRNNT,
+        device: torch.device | str,
+        split: Split,
+        limit: int | None,
+        default: dict[str, float],
+    ) -> dict[str, float]:
+        """``wer_<label>``/``cer_<label>`` of the named subnets (default names) of a supernet."""
+        out: dict[str, float] = {}
+        saved = model.default_subnet
+        for label, sub in self.named_subnets(model, None).items():
+            if sub == saved:
+                rates = default
+            else:
+                model.default_subnet = sub
+                try:
+                    sub_predictor = Predictor.from_spec(self.export_spec(model, label), device)
+                finally:
+                    model.default_subnet = saved
+                rates = self.evaluate(sub_predictor, split, limit=limit)
+            out[f"wer_{label}"], out[f"cer_{label}"] = rates["wer"], rates["cer"]
+        return out
 
     def transcribe(
         self, predictor: Predictor, dataset: AsrDataset, indices: Iterable[int]
@@ -502,7 +536,12 @@ class AsrSupernetTask(Task):
         return make_export_spec(self.name, inner, model_name, vocab, self.features, self)
 
     def predictor(self, model: nn.Module, model_name: str, device: torch.device | str = "cpu") -> Predictor:
-        return Predictor.from_spec(self.export_spec(model, model_name), device)
+        predictor = Predictor.from_spec(self.export_spec(model, model_name), device)
+        inner = _unwrap(model)
+        if self.options.eval_subnets and inner.largest != inner.smallest:
+            # evaluating a supernet also scores its named subnets (their learning curves)
+            self._supernet_of[predictor] = (inner, device)
+        return predictor
 
     @classmethod
     def predict_files(
@@ -540,6 +579,10 @@ class AsrSupernetTask(Task):
         return named
 
     def summary_extras(self, run_dir: Path) -> dict[str, Any]:
+        """The named subnets of each supernet stage as models (role ``subnet``), each linked
+        to its twin stage (``twin``; ``compare_with`` makes the report's distillation gain
+        subnet vs twin, like with like), and two figures under ``RUN/figures/``: the named
+        subnets and their twins on a size-vs-WER plot, and their validation WER vs step."""
         from kdtool.engine.rundir import read_summary
         from kdtool.io import load_weights, read_json
         from kdtool.recipe import load_recipe
@@ -548,21 +591,89 @@ class AsrSupernetTask(Task):
 
         summary = read_summary(run_dir)
         recipe = load_recipe(run_dir / "recipe.resolved.yaml").recipe
+        done = summary.get("models", {})
         models: dict[str, Any] = {}
         for stage in recipe.stages:
-            entry = summary.get("models", {}).get(stage.name)
+            entry = done.get(stage.name)
             if stage.role != "supernet" or not entry or not entry.get("weights"):
                 continue
             config = read_json(run_dir / entry["config"], what="model config")
             supernet = SupernetRNNT(**config["options"])
             supernet.load_state_dict(load_weights(run_dir / entry["weights"]))
             supernet.eval()
-            for label, sub in self.named_subnets(supernet, stage).items():
+            named = self.named_subnets(supernet, stage)
+            twins = self._twins_of(stage, recipe.stages, supernet, named)
+            for label, sub in named.items():
                 name = f"{stage.name}-{label}"
+                twin = twins.get(sub)
+                link = {"twin": twin, "compare_with": twin} if twin in done else {}
                 models[name] = write_subnet_model(
-                    self, run_dir, stage.name, supernet, config, sub, name, label=label
+                    self, run_dir, stage.name, supernet, config, sub, name, label=label, extra=link
                 )
+                if twin in done:
+                    models[twin] = {**done[twin], "twin_of": name}
+                    if sub == supernet.default_subnet:
+                        models[stage.name] = {**entry, "compare_with": twin}
+            self._write_figures(run_dir, stage.name, models, done)
         return {"models": models} if models else {}
+
+    def _twins_of(
+        self,
+        stage: StageConfig,
+        stages: Sequence[StageConfig],
+        supernet: SupernetRNNT,
+        named: dict[str, Subnet],
+    ) -> dict[Subnet, str]:
+        """Subnet -> the name of the stage that trains it alone as the twin of ``stage``."""
+        out: dict[Subnet, str] = {}
+        for other in stages:
+            twin = self.stage_options(other).twin if other.role != "supernet" else None
+            if twin is None or twin.stage != stage.name:
+                continue
+            where = f"stage {other.name!r} options.twin"
+            out[self._named_or_parse(supernet, stage, twin.subnet, where)] = other.name
+        return out
+
+    def _write_figures(self, run_dir: Path, stage: str, models: dict[str, Any], done: dict[str, Any]) -> None:
+        from kdtool.engine.rundir import MetricsLog
+        from kdtool.io import atomic_path
+        from kdtool.report.plots import subnet_curves, subnet_twin_pareto
+
+        points = []
+        curves = []
+        records = MetricsLog(run_dir / "metrics.jsonl").read()
+        for entry in models.values():
+            if entry.get("role") != "subnet" or entry.get("supernet") != stage:
+                continue
+            label = entry["subnet"]["label"]
+            twin = done.get(entry.get("twin") or "")
+            points.append(
+                {
+                    "label": label,
+                    "params": entry["params"],
+                    "wer": entry["metrics"].get("wer"),
+                    "twin_params": twin.get("params") if twin else None,
+                    "twin_wer": (twin.get("metrics") or {}).get("wer") if twin else None,
+                }
+            )
+            curves.append((f"{label} (subnet)", stage, f"wer_{label}", ":"))
+            if twin:
+                curves.append((f"{label} (twin)", entry["twin"], "wer", "--"))
+        figures = {
+            f"todm_{stage}_pareto.png": subnet_twin_pareto(
+                points, title=f"{stage}: named subnets vs their twins"
+            ),
+            f"todm_{stage}_learning_curves.png": subnet_curves(
+                records, curves, title=f"{stage}: validation WER of the named subnets and their twins"
+            ),
+        }
+        for file, png in figures.items():
+            if png is None:
+                continue
+            path = run_dir / "figures" / file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(png)
 
 
 def _default_kd() -> nn.Module:

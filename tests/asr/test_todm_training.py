@@ -140,3 +140,36 @@ def test_twin_must_train_like_its_supernet(tmp_path: Path) -> None:
     wrong = _stages(model="supernet")
     with pytest.raises(RecipeError, match="not the architecture"):
         task.init_stage_model(wrong[1], _initial("supernet"), _initial, wrong)
+
+
+def test_subnet_pick_and_its_stability_under_latency_noise() -> None:
+    from kdtool_asr.subnets import pick, pick_stability, quartiles
+
+    rows = [
+        {
+            "label": "small",
+            "params": 10,
+            "wer": 0.30,
+            "latency_ms": 5.0,
+            "latency_quartiles_ms": [4.8, 5.0, 5.3],
+        },
+        {
+            "label": "mid",
+            "params": 20,
+            "wer": 0.20,
+            "latency_ms": 9.0,
+            "latency_quartiles_ms": [8.5, 9.0, 10.5],
+        },
+        {"label": "big", "params": 40, "wer": 0.10, "latency_ms": 20.0, "latency_quartiles_ms": [19, 20, 21]},
+    ]
+    assert pick(rows, 12.0, None)["label"] == "mid"  # type: ignore[index]
+    assert pick(rows, 1.0, None) is None
+    assert pick(rows, None, 15)["label"] == "small"  # type: ignore[index]
+    assert pick_stability(rows, 12.0, None) == {
+        "picks": {"q1": "mid", "median": "mid", "q3": "mid"},
+        "stable": True,
+    }
+    # a budget inside mid's spread: at its third quartile it no longer fits
+    unstable = pick_stability(rows, 10.0, None)
+    assert unstable["picks"] == {"q1": "mid", "median": "mid", "q3": "small"} and not unstable["stable"]
+    assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
