@@ -1,4 +1,5 @@
-"""TODM seed study and the "train once vs train K times" cost comparison.
+"""TODM seed study and the "train once vs train K times" cost comparison (older form: the
+paired subnet-vs-twin study with equal-compute twins is ``bench/asr_todm.py``).
 
 For each seed: ``kdtool distill recipes/asr_supernet.yaml`` (the supernet with the sandwich
 rule, then the smallest subnet's architecture trained alone: the baseline), then the same
@@ -60,6 +61,8 @@ def k_run_recipe(recipe: Path, out: Path, label: str, layers: int, heads: int, f
         "ffn_choices": [ffn],
     }
     stage = next(s for s in data["stages"] if s["role"] == "baseline")
+    # a plain run of the architecture (not a twin: bench/asr_todm.py compares subnets with twins)
+    stage = {**stage, "options": {k: v for k, v in (stage.get("options") or {}).items() if k != "twin"}}
     data["name"] = f"asr_alone_{label}"
     data["models"] = {label: {"arch": data["models"]["supernet"]["arch"], "options": options}}
     data["stages"] = [
@@ -127,10 +130,9 @@ def main() -> None:
         }
 
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, dict) and "wer" in v})
+    base = "twin_smallest" if any("twin_smallest" in r for r in rows) else "baseline_smallest"
     paired = [
-        r["baseline_smallest"]["wer"] - r["supernet-smallest"]["wer"]
-        for r in rows
-        if "baseline_smallest" in r and "supernet-smallest" in r
+        r[base]["wer"] - r["supernet-smallest"]["wer"] for r in rows if base in r and "supernet-smallest" in r
     ]
     report = {
         "recipe": str(args.recipe),

@@ -3,12 +3,24 @@
 Stages:
 - ``supernet`` role: the sandwich rule each step. The largest subnet trains on the RNN-T loss
   (term ``rnnt``); its lattice logits, detached, are the soft targets of ``num_random`` random
-  subnets and the smallest one, trained by in-place alpha-divergence KD (term ``kd``; the
-  recipe's ``{name: kd, loss: alpha_div}`` builds the clipped AlphaNet divergence, a- = -1,
-  a+ = +1, ratio term clipped at 5, surrogate gradient). Each forward is back-propagated
-  at once (``ctx.backward``), one optimizer step per sandwich.
-- any other role (``baseline``, ``teacher``, ``student``): the model alone on the RNN-T loss
-  (the baseline is the smallest subnet's architecture trained alone for the same steps).
+  subnets and the smallest one, each trained on
+  ``kd_weight(step) * KD + subnet_rnnt_weight(step) * RNN-T`` (terms ``kd``, ``subnet_rnnt``).
+  KD is in-place alpha-divergence (the recipe's ``{name: kd, loss: alpha_div}``: AlphaNet's
+  max(D_-1, D_+1), the a = -1 ratio clipped at 5, the a = +1 branch KL(p||q) unclipped,
+  surrogate gradient). Each weight is a number or a ramp ``{start, end, from_step, to_step}``
+  (linear between the two steps, constant outside). ``largest_only_steps: N`` trains only the
+  largest for the first N steps (a warm-up: the teacher is worth distilling only once it has
+  learnt something). Each forward is back-propagated at once (``ctx.backward``); under DDP all
+  passes run under ``no_sync`` and the gradients are averaged once per step
+  (:func:`kdtool_asr.training.sync_once`), one optimizer step per sandwich. Subnets are drawn
+  from (seed, step) only, so every process samples the same ones.
+- any other role (``baseline``, ``teacher``, ``student``): the model alone on the RNN-T loss.
+  With ``options.twin: {stage, subnet}`` the stage is the *twin* of a named subnet: it starts
+  from the supernet's slice of the same initial weights, trains with the dropout that subnet
+  gets inside the supernet, and must share the supernet stage's steps, batch size, optimizer
+  and schedule (the engine gives every stage the same data order). The default recipe trains
+  the three named subnets' twins; the run's summary links each subnet to its twin
+  (``twin``/``compare_with``), so the report's distillation gain is subnet vs twin.
 
 Choices for the method's open points (all recipe options, stage ``options`` unless noted):
 - Adaptive dropout: p(subnet) = dropout_min + (dropout_max - dropout_min) * f ** dropout_power,
@@ -16,10 +28,12 @@ Choices for the method's open points (all recipe options, stage ``options`` unle
   ``dropout_max``, the smallest ``dropout_min``.
 - KD target: the collapsed 3-class lattice distribution (``kd_distribution: collapsed``) on
   nodes with a next label; ``full`` distils the whole joiner output instead.
-- Sampled subnets learn from KD only (``subnet_rnnt_weight: 0``, as AlphaNet); a positive
-  weight adds their own RNN-T loss.
+- Subnet loss. The paper (after AlphaNet) trains the sampled subnets on KD only
+  (``subnet_rnnt_weight: 0, kd_weight: 1`` reproduces it). DEFAULTS_NOTE
 - Named subnets reported and exportable: largest, middle (the middle choice of each
-  dimension) and smallest (``named_subnets`` overrides).
+  dimension) and smallest (``named_subnets`` overrides). A supernet's evaluation also reports
+  ``wer_<name>``/``cer_<name>`` of each named subnet (``task.options.eval_subnets``), which
+  gives their learning curves; the run's figures show them next to their twins'.
 - Gradient clipping: ScaledAdam's own (see :mod:`kdtool_asr.optim`), no stage ``grad_clip``.
 
 Data (``data`` section): ``source: espeak`` (default; eSpeak NG speech synthesised at run
