@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from kdtool.data import sample_rng
 from kdtool.errors import DataError
 
-from .audio import LogMel, read_audio
+from .audio import make_frontend, min_samples, read_audio
 
 BLANK = "<blank>"
 
@@ -215,7 +215,7 @@ class SpecAugment:
 class AsrDataset(Dataset[dict[str, Any]]):
     """Utterances -> {"index", "features" (T, mels), "targets" (U,), "text"}.
 
-    Log-mels are computed once per utterance and kept in memory (``cache_features``);
+    Features (:func:`kdtool_asr.audio.make_frontend`) are computed once per utterance and kept in memory (``cache_features``);
     SpecAugment draws from ``sample_rng(seed, epoch, index)``.
     """
 
@@ -232,8 +232,10 @@ class AsrDataset(Dataset[dict[str, Any]]):
     ) -> None:
         self.items = items
         self.tokenizer = tokenizer
-        self.frontend = LogMel(features)
-        self.sample_rate = int(self.frontend.settings["sample_rate"])
+        self.frontend = make_frontend(features)
+        self.settings: dict[str, Any] = self.frontend.settings  # type: ignore[attr-defined]
+        self.sample_rate = int(self.settings["sample_rate"])
+        self.min_samples = min_samples(self.settings)
         self.augment = augment
         self.seed = seed
         self.epoch = 0
@@ -256,9 +258,12 @@ class AsrDataset(Dataset[dict[str, Any]]):
         else:
             assert u.path is not None
             wave = read_audio(u.path, self.sample_rate)
-        if wave.size < self.sample_rate // 100:
-            raise DataError(f"audio {u.path or f'utterance {index}'} is shorter than 10 ms")
-        feats = self.frontend(torch.from_numpy(np.ascontiguousarray(wave)))
+        if wave.size < max(self.min_samples, self.sample_rate // 100):
+            raise DataError(
+                f"audio {u.path or f'utterance {index}'} has {wave.size} samples, shorter than 10 ms "
+                f"(the front end needs at least {self.min_samples} samples for one frame)"
+            )
+        feats = self.frontend(np.ascontiguousarray(wave, dtype=np.float32))
         if self.cache_features:
             self._feats[index] = feats
         return feats

@@ -38,9 +38,14 @@ Choices for the method's open points (all recipe options, stage ``options`` unle
 
 Data (``data`` section): ``source: espeak`` (default; eSpeak NG speech synthesised at run
 time, GPL-3, optional extra ``speech``: see :mod:`kdtool_asr.synth`), ``librispeech``
-(``root``/``val_root`` in the LibriSpeech layout) or ``manifest`` (JSONL). Front end: 80-dim
-log-mel (:mod:`kdtool_asr.audio`), SpecAugment on training features, global mean/variance
-normalisation fitted on the training set and stored in the model (inside the encoder graph).
+(``root``/``val_root`` in the LibriSpeech layout) or ``manifest`` (JSONL). Front end
+(``data.features``, :mod:`kdtool_asr.audio`): Kaldi-compatible 80-bin fbank computed by
+kaldi-native-fbank with sherpa-onnx's settings (``kind: fbank``, the default) or the earlier
+torchaudio log-mel (``kind: logmel``). The run records its front end in
+``asr_features.json`` and ``summary.json`` (``features``), exports in the manifest's
+``preprocessing.features``; a run or export without the record was trained on log-mel and
+keeps using it. SpecAugment on training features, global mean/variance normalisation fitted
+on the training set and stored in the model (inside the encoder graph).
 
 Export: three graphs (encoder with dynamic time, stateless decoder over its context or LSTM
 decoder with explicit state, joiner); vocabulary, feature settings, blank id and context size
@@ -74,7 +79,7 @@ from kdtool.export.spec import (
 from kdtool.recipe import StageConfig
 from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
 
-from .audio import FEATURE_DEFAULTS, LogMel, read_audio
+from .audio import describe, hop_samples, make_frontend, read_audio, resolve_features
 from .data import (
     AsrDataset,
     CharTokenizer,
@@ -118,9 +123,10 @@ class AsrData(TaskOptions):
             raise ValueError("source 'librispeech' needs 'root' (root/SPEAKER/CHAPTER/*.flac + *.trans.txt)")
         if self.source == "manifest" and not self.train_manifest:
             raise ValueError("source 'manifest' needs 'train_manifest' (JSONL: audio, text, duration)")
-        unknown = set(self.features) - set(FEATURE_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown features keys {sorted(unknown)}; known: {sorted(FEATURE_DEFAULTS)}")
+        try:
+            resolve_features(self.features)
+        except DataError as exc:
+            raise ValueError(f"features: {exc.message}") from None
         try:
             SpecAugment(**self.spec_augment)
         except TypeError as exc:
@@ -242,12 +248,33 @@ class AsrSupernetTask(Task):
         self._supernet_of: weakref.WeakKeyDictionary[Predictor, tuple[SupernetRNNT, torch.device | str]] = (
             weakref.WeakKeyDictionary()
         )
+        self._recorded_features: dict[str, Any] | None = None
 
     # ------------------------------------------------------------ data
 
     @property
     def features(self) -> dict[str, Any]:
-        return {**FEATURE_DEFAULTS, **self.data.features}
+        """The resolved front-end settings: the run's record when :meth:`prepare` found one
+        (or found an older run without one: log-mel), else the recipe's ``data.features``."""
+        if self._recorded_features is not None:
+            return self._recorded_features
+        return resolve_features(self.data.features)
+
+    def prepare(self, run_dir: Path) -> None:
+        """Record the front end in ``run_dir/asr_features.json`` at the start of a run; a run
+        opened later (export, eval, resume) uses the recorded settings. A run that already
+        holds checkpoints or models but no record predates the fbank front end: log-mel."""
+        super().prepare(run_dir)
+        from kdtool.io import read_json, write_json
+
+        record = run_dir / FEATURES_RECORD
+        if record.exists():
+            saved = read_json(record, what="ASR feature record")
+            self._recorded_features = resolve_features(saved.get("features"), default_kind="logmel")
+        elif _has_progress(run_dir):
+            self._recorded_features = resolve_features(None, default_kind="logmel")
+        else:
+            write_json(record, {"features": self.features})
 
     def _load(self) -> dict[str, list[Utterance]]:
         if self._items is not None:
@@ -325,7 +352,7 @@ class AsrSupernetTask(Task):
             "feature_mean": [round(v, 6) for v in mean],
             "feature_std": [round(v, 6) for v in std],
             "max_frames": int(
-                self.data.max_duration * self.features["sample_rate"] / self.features["hop_length"]
+                self.data.max_duration * self.features["sample_rate"] / hop_samples(self.features)
             )
             + 1,
         }
@@ -561,14 +588,15 @@ class AsrSupernetTask(Task):
     def predict_files(
         cls, predictor: Predictor, metadata: dict[str, Any], inputs: list[Path], out_dir: Path
     ) -> list[dict[str, Any]]:
-        settings = metadata["preprocessing"]["features"]
-        frontend = LogMel(settings)
+        # an export without a feature kind was made before the fbank front end: log-mel
+        settings = resolve_features(metadata["preprocessing"]["features"], default_kind="logmel")
+        frontend = make_frontend(settings)
         info = DecoderInfo.from_metadata(metadata)
         vocab = metadata.get("vocabulary") or []
         results = []
         for path in inputs:
             wave = read_audio(path, int(settings["sample_rate"]))
-            feats = frontend(torch.from_numpy(wave))[None]
+            feats = frontend(wave)[None]
             start = time.perf_counter()
             enc, enc_lens = predictor.graphs["encoder"](feats, torch.tensor([feats.shape[1]]))[:2]
             tokens = decode_batch(predictor, enc, enc_lens, info, beam=0, max_symbols=3)[0]
@@ -629,7 +657,10 @@ class AsrSupernetTask(Task):
                     if sub == supernet.default_subnet:
                         models[stage.name] = {**entry, "compare_with": twin}
             self._write_figures(run_dir, stage.name, models, done)
-        return {"models": models} if models else {}
+        extras: dict[str, Any] = {"features": self.features}
+        if models:
+            extras["models"] = models
+        return extras
 
     def _twins_of(
         self,
@@ -690,6 +721,17 @@ class AsrSupernetTask(Task):
                 tmp.write_bytes(png)
 
 
+FEATURES_RECORD = "asr_features.json"
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run directory already holds trained weights or checkpoints."""
+    return any(
+        (run_dir / sub).is_dir() and any(p.is_file() for p in (run_dir / sub).rglob("*"))
+        for sub in ("models", "checkpoints")
+    )
+
+
 def _default_kd() -> nn.Module:
     from kdtool.losses import AlphaDivergence
 
@@ -727,6 +769,7 @@ def make_export_spec(
     task: AsrSupernetTask | None = None,
 ) -> ExportSpec:
     model = model.eval()
+    features = resolve_features(features)
     sub = model.default_subnet
     kernel_frames = int(model.output_lengths(torch.tensor(model.max_frames)))
     encoder = EncoderGraph(model, sub, kernel_frames).eval()
@@ -785,7 +828,9 @@ def make_export_spec(
             module=encoder,
             inputs=[
                 TensorSpec(
-                    "features", ("batch", "time", mels), description="log-mel frames (see preprocessing)"
+                    "features",
+                    ("batch", "time", mels),
+                    description="fbank (or log-mel) frames, see preprocessing.features",
                 ),
                 TensorSpec(
                     "feature_lengths",
@@ -869,7 +914,7 @@ def make_export_spec(
                 "kind": "audio",
                 "sample_rate": int(features["sample_rate"]),
                 "features": dict(features),
-                "feature": "log-mel: log(mel_power + log_offset), frames x mels",
+                "feature": describe(features),
                 "normalization": "global mean/variance, inside the encoder graph",
                 "max_frames": model.max_frames,
             },
