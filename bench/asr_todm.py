@@ -144,9 +144,20 @@ def main() -> None:
         "--set", dest="sets", action="append", default=[], help="recipe override (repeatable)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "asr_todm.json")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="no training: pool the rows of earlier result files (seeds run in parallel) into --out",
+    )
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
-    for seed in args.seeds:
+    if args.combine:
+        for path in args.combine:
+            rows += json.loads(path.read_text())["rows"]
+        args.seeds = [r["seed"] for r in rows]
+    for seed in [] if args.combine else args.seeds:
         started = time.time()
         sets = [f"seed={seed}", *args.sets]
         run = distill(args.recipe, args.runs_dir / f"seed{seed}", sets)
