@@ -1,4 +1,5 @@
-"""TODM seed study (WER), a thin caller of `kdtool study`, and the "train once vs K times" cost.
+"""TODM seed study (WER), a thin caller of `kdtool study`, and the "train once vs K times" cost
+(the paired subnet-vs-twin study with equal-compute twins is ``bench/asr_todm.py``).
 
 The study runs ``recipes/asr_supernet.yaml`` once per seed (the supernet with the sandwich rule,
 then the smallest subnet's architecture trained alone: the baseline, paired with the supernet's
@@ -49,6 +50,8 @@ def k_run_recipe(recipe: Path, out: Path, label: str, layers: int, heads: int, f
         "ffn_choices": [ffn],
     }
     stage = next(s for s in data["stages"] if s["role"] == "baseline")
+    # a plain run of the architecture (not a twin: bench/asr_todm.py compares subnets with twins)
+    stage = {**stage, "options": {k: v for k, v in (stage.get("options") or {}).items() if k != "twin"}}
     data["name"] = f"asr_alone_{label}"
     data["models"] = {label: {"arch": data["models"]["supernet"]["arch"], "options": options}}
     data["stages"] = [{**stage, "name": f"alone_{label}", "model": label, "role": "student"}]

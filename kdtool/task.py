@@ -9,7 +9,7 @@ artifact), and describes models for export with an :class:`~kdtool.export.spec.E
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -148,6 +148,19 @@ class Task(ABC):
         """Named, unweighted losses for one batch. The engine weights them with the stage's
         ``losses[].weight`` (1.0 for terms the recipe does not list), sums and back-propagates,
         unless the step called ``ctx.backward`` itself (e.g. the sandwich rule)."""
+
+    def init_stage_model(
+        self,
+        stage: StageConfig,
+        model: nn.Module,
+        initial_model: Callable[[str], nn.Module],
+        stages: Sequence[StageConfig],
+    ) -> None:
+        """Called when a stage's model is built, before a checkpoint is resumed: a task may
+        replace the initial weights in place, e.g. with a slice of another recipe model's
+        initial weights (``initial_model(name)`` builds that model as its own stage would
+        start, same seed rule). ``stages`` are all the recipe's stages. Default: no change."""
+        return None
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]

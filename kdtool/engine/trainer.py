@@ -463,11 +463,21 @@ class Engine:
 
     def _train_stage(self, run_dir: Path, index: int, stage: StageConfig) -> None:
         recipe, task, dist_info, device = self.recipe, self.task, self.dist, self.device
+
         # Initial weights depend on (seed, model name) only, so a student and its baseline start
         # from the same weights; the training stream is left as it was.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed * 1_000_003 + zlib.crc32(stage.model.encode()))
-            built = build_model(task, self.registries, stage.model, recipe.models[stage.model])
+        def initial(name: str) -> BuiltModel:
+            if name not in recipe.models:
+                raise RecipeError(
+                    f"stage {stage.name!r}: no model {name!r} in the recipe ({sorted(recipe.models)})"
+                )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(recipe.seed * 1_000_003 + zlib.crc32(name.encode()))
+                return build_model(task, self.registries, name, recipe.models[name])
+
+        built = initial(stage.model)
+        # a task may start a model from another's initial weights (e.g. a supernet's slice)
+        task.init_stage_model(stage, built.module, lambda name: initial(name).module, recipe.stages)
         with torch.random.fork_rng(devices=[]):
             built = init_stage_model(task, run_dir, stage, built)
         model = built.module.to(device)
@@ -604,11 +614,14 @@ class Engine:
         last_eval: dict[str, float] = {}
         eval_at_step = -1
 
+        eval_seconds = 0.0
+
         def evaluate(step: int) -> dict[str, float]:
-            nonlocal eval_at_step
+            nonlocal eval_at_step, eval_seconds
             eval_at_step = step
             if not dist_info.is_main:
                 return {}
+            started = time.perf_counter()
             model.eval()
             # Evaluation may draw random numbers (e.g. label noise); keep training's stream intact.
             np_state = np.random.get_state()
@@ -641,6 +654,7 @@ class Engine:
             metrics_log.append(
                 {"stage": stage.name, "step": step, "epoch": state.epoch, "split": "val", **result}
             )
+            eval_seconds += time.perf_counter() - started
             return result
 
         def checkpoint() -> None:
@@ -750,7 +764,9 @@ class Engine:
         if eval_at_step != state.step:
             last_eval = evaluate(state.step)
         if dist_info.is_main:
-            self._finish_stage(run_dir, stage, model, built, last_eval, state, teachers, best_path, cache)
+            self._finish_stage(
+                run_dir, stage, model, built, last_eval, state, teachers, best_path, cache, eval_seconds
+            )
         kdist.barrier(self.dist)
 
     def _finish_stage(
@@ -764,6 +780,7 @@ class Engine:
         teachers: dict[str, nn.Module],
         best_path: Path,
         cache: TeacherCache | None,
+        eval_seconds: float = 0.0,
     ) -> None:
         weights = run_dir / "models" / f"{stage.name}.safetensors"
         config_path = run_dir / "models" / f"{stage.name}.json"
@@ -792,6 +809,8 @@ class Engine:
             "weights": str(weights.relative_to(run_dir)),
             "config": str(config_path.relative_to(run_dir)),
             "train_seconds": round(state.train_seconds, 3),
+            # validation time within train_seconds (this process's evaluations; not kept on resume)
+            "eval_seconds": round(eval_seconds, 3),
             "steps": state.step,
             "kept": kept,
             "teachers": list(teachers),

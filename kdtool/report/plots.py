@@ -222,3 +222,89 @@ def comparison_curves(
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _png(fig)
+
+
+# --------------------------------------------------------------------------- supernet roles
+
+
+def subnet_twin_pareto(points: Sequence[dict[str, Any]], *, title: str) -> bytes | None:
+    """Size vs WER of a supernet's named subnets (dots, joined as a front) and of their twins
+    trained alone (crosses), an arrow from each twin to its subnet. ``points``: dicts with
+    ``label``, ``params``, ``wer`` and optional ``twin_params``/``twin_wer`` (WER as a fraction)."""
+    rows = [p for p in points if _finite(p.get("params")) and _finite(p.get("wer"))]
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda p: p["params"])
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(
+        [p["params"] for p in rows],
+        [100 * p["wer"] for p in rows],
+        "-o",
+        color="tab:red",
+        label="subnets (supernet)",
+    )
+    twins = [p for p in rows if _finite(p.get("twin_params")) and _finite(p.get("twin_wer"))]
+    if twins:
+        ax.scatter(
+            [p["twin_params"] for p in twins],
+            [100 * p["twin_wer"] for p in twins],
+            marker="x",
+            s=60,
+            color="tab:blue",
+            label="twins (trained alone)",
+            zorder=3,
+        )
+        for p in twins:
+            ax.annotate(
+                "",
+                xy=(p["params"], 100 * p["wer"]),
+                xytext=(p["twin_params"], 100 * p["twin_wer"]),
+                arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 0.8},
+            )
+    for p in rows:
+        ax.annotate(
+            p["label"], (p["params"], 100 * p["wer"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation WER (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def subnet_curves(
+    records: Sequence[dict[str, Any]], curves: Sequence[tuple[str, str, str, str]], *, title: str
+) -> bytes | None:
+    """Validation curves on one axis: ``curves`` are (legend label, stage, metric key, line
+    style); a subnet and its twin share a colour (consecutive entries with the same first word)."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    groups: dict[str, str] = {}
+    drawn = 0
+    for label, stage, key, style in curves:
+        steps, values = series(records, stage, "val", key)
+        if not steps:
+            continue
+        color = groups.setdefault(label.split()[0], colors[len(groups) % len(colors)])
+        ax.plot(
+            steps,
+            [100 * v for v in values],
+            linestyle=style,
+            marker="o",
+            markersize=3,
+            color=color,
+            label=label,
+        )
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation WER (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return _png(fig)

@@ -12,9 +12,21 @@ ScaledAdam, per parameter tensor p with gradient g at step t (bias-corrected sec
     p       += delta
 
 so the scale of p is learnt through a step along p itself while its RMS stays within
-[param_min_rms, param_max_rms] (no separate scale parameter). Tensors with one element, and
-groups marked ``scalar: True`` (the task puts an SSM's dt and A there), take plain Adam steps
-(first moment folded into ``delta`` the same way) at ``lr * scalar_lr_scale``.
+[param_min_rms, param_max_rms] (no separate scale parameter).
+
+Zero-initialised tensors. With the RMS clamped at ``param_min_rms`` (1e-5), a tensor that
+starts at zero (a LayerNorm bias) takes steps of lr * 1e-5 and never trains: measured, a bias
+moved 3e-4 in 600 steps. icefall sidesteps this by initialising biases small but non-zero;
+here the optimizer handles it, so every model gets it: tensors of at most one dimension
+(biases, norm gains, per-channel skips) use ``max(rms, vector_min_rms)`` as their step scale.
+With the default ``vector_min_rms = scalar_lr_scale = 0.1`` a zero bias takes plain-Adam steps
+of ``lr * scalar_lr_scale`` (exactly the scalar group's step) until its RMS exceeds 0.1, from
+where the usual RMS-relative step takes over (continuous at the switch). Weight matrices are
+unaffected. ``vector_min_rms: 0`` restores the plain icefall rule.
+
+Tensors with one element, and groups marked ``scalar: True`` (the task puts an SSM's dt and
+A there), take plain Adam steps (first moment folded into ``delta`` the same way) at
+``lr * scalar_lr_scale``.
 
 Clipping (``clipping_scale``): before the step the gradients' norm, with each non-scalar
 tensor's gradient multiplied by its RMS, is compared with ``clipping_scale`` times the median
@@ -55,6 +67,7 @@ class ScaledAdam(Optimizer):
         clipping_scale: float | None = 2.0,
         clipping_history: int = 100,
         weight_decay: float = 0.0,
+        vector_min_rms: float | None = None,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -67,6 +80,7 @@ class ScaledAdam(Optimizer):
             "param_max_rms": param_max_rms,
             "scalar": False,
             "weight_decay": weight_decay,
+            "vector_min_rms": scalar_lr_scale if vector_min_rms is None else vector_min_rms,
         }
         super().__init__(params, defaults)
         self.clipping_scale = clipping_scale
@@ -80,6 +94,15 @@ class ScaledAdam(Optimizer):
 
     def _is_scalar(self, group: dict[str, Any], p: torch.Tensor) -> bool:
         return bool(group["scalar"]) or p.numel() == 1
+
+    @staticmethod
+    def _step_rms(group: dict[str, Any], p: torch.Tensor, rms: float) -> float:
+        """The RMS that scales ``p``'s step: clamped at ``param_min_rms``, and for vectors
+        (biases, norms) at ``vector_min_rms`` so that zero-initialised ones train."""
+        floor = group["param_min_rms"]
+        if p.dim() <= 1:
+            floor = max(floor, group.get("vector_min_rms", 0.0))
+        return max(rms, floor)
 
     @torch.no_grad()
     def clip_factor(self) -> float:
@@ -95,7 +118,7 @@ class ScaledAdam(Optimizer):
                 if self._is_scalar(group, p):
                     sumsq = sumsq + (g**2).sum().cpu()
                 else:
-                    rms = p.float().pow(2).mean().sqrt().clamp_min(group["param_min_rms"])
+                    rms = self._step_rms(group, p, float(p.float().pow(2).mean().sqrt()))
                     sumsq = sumsq + ((g * rms) ** 2).sum().cpu()
         norm = float(sumsq.sqrt())
         state = self._clip_state()
@@ -143,7 +166,7 @@ class ScaledAdam(Optimizer):
                 else:
                     pf = p.float()
                     rms = float(pf.pow(2).mean().sqrt())
-                    step_dir = grad / denom * (-lr * max(rms, group["param_min_rms"]))
+                    step_dir = grad / denom * (-lr * self._step_rms(group, p, rms))
                     scale_grad = (pf * grad).sum()
                     state["scale_exp_avg_sq"].mul_(beta2).add_(scale_grad**2 * (1 - beta2))
                     scale_denom = (state["scale_exp_avg_sq"] / bias2).sqrt() + eps

@@ -2,12 +2,17 @@
 
 ``kdtool subnets RUN`` lists every subnet of the run's supernet (the search space's layers x
 heads x ffn choices) with its parameters, validation WER and latency measured on this
-machine (encoder plus greedy decoding of a fixed validation utterance, PyTorch, batch 1,
-median of repeats), keeps the table in ``RUN/subnets/table.json`` (reused when the machine
-and settings match), and writes a size-vs-WER and latency-vs-WER Pareto plot
-``RUN/subnets/pareto.png``. With ``--max-latency-ms X`` and/or ``--max-params N`` it picks
-the most accurate subnet within the budget and adds it to the run's ``summary.json`` as a
-model (role ``subnet``) that ``kdtool export --model NAME`` extracts.
+machine (encoder plus greedy decoding of a fixed validation utterance, PyTorch, batch 1;
+``--repeats`` rounds interleaved over the subnets, so a load change on a shared machine
+shifts all of them alike; the median and the quartiles are kept), keeps the table in
+``RUN/subnets/table.json`` (reused when the machine and settings match), and writes a
+size-vs-WER and latency-vs-WER Pareto plot ``RUN/subnets/pareto.png`` (also
+``RUN/figures/subnets_pareto.png``, so ``kdtool report`` shows it) with the run's twins
+(each architecture trained alone) overlaid. With ``--max-latency-ms X`` and/or
+``--max-params N`` it picks the most accurate subnet within the budget (by median latency),
+says whether the pick holds at the first and third latency quartiles too (stable against
+latency noise), and adds it to the run's ``summary.json`` as a model (role ``subnet``, named
+``--name``) that ``kdtool export --model NAME`` extracts.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import torch
 import typer
 
-from kdtool.io import read_json, save_weights, write_json
+from kdtool.io import atomic_path, read_json, save_weights, write_json
 from kdtool.task import Predictor
 
 from .models import Subnet, SupernetRNNT
@@ -87,20 +92,73 @@ def write_subnet_model(
 
 def measure_latency(predictor: Predictor, features: torch.Tensor, *, repeats: int = 5) -> float:
     """Median milliseconds of encoder + greedy decoding of one utterance (batch 1)."""
+    return statistics.median(measure_latencies({"_": predictor}, features, rounds=repeats)["_"])
+
+
+def measure_latencies(
+    predictors: dict[str, Predictor], features: torch.Tensor, *, rounds: int = 5
+) -> dict[str, list[float]]:
+    """Milliseconds of encoder + greedy decoding of one utterance (batch 1) per predictor,
+    ``rounds`` times each, interleaved (round r times every predictor once), so that a load
+    change on a shared machine shifts every subnet alike instead of the last ones measured."""
     from .decoding import DecoderInfo
     from .task import decode_batch
 
-    info = DecoderInfo.from_metadata(predictor.metadata)
     lengths = torch.tensor([features.shape[1]])
 
-    def once() -> float:
+    def once(predictor: Predictor) -> float:
+        info = DecoderInfo.from_metadata(predictor.metadata)
         start = time.perf_counter()
         enc, enc_lens = predictor.graphs["encoder"](features, lengths)[:2]
         decode_batch(predictor, enc, enc_lens, info, beam=0, max_symbols=3)
         return (time.perf_counter() - start) * 1000
 
-    once()  # warm-up
-    return statistics.median(once() for _ in range(repeats))
+    for predictor in predictors.values():
+        once(predictor)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predictor in predictors.items():
+            times[name].append(once(predictor))
+    return times
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def pick(
+    rows: list[dict[str, Any]],
+    max_latency_ms: float | None,
+    max_params: int | None,
+    latency_key: str = "latency_ms",
+) -> dict[str, Any] | None:
+    """The most accurate row within the budget (ties: the faster), None when nothing fits."""
+    fits = [
+        r
+        for r in rows
+        if (max_latency_ms is None or r[latency_key] <= max_latency_ms)
+        and (max_params is None or r["params"] <= max_params)
+    ]
+    return min(fits, key=lambda r: (r["wer"], r[latency_key])) if fits else None
+
+
+def pick_stability(
+    rows: list[dict[str, Any]], max_latency_ms: float | None, max_params: int | None
+) -> dict[str, Any]:
+    """Whether the pick holds when every latency is taken at its first or third quartile
+    instead of the median (the spread of the repeats): the picks under the three."""
+    picks: dict[str, str | None] = {}
+    for which, index in (("q1", 0), ("median", 1), ("q3", 2)):
+        shifted = [
+            {**r, "_lat": r["latency_quartiles_ms"][index]} for r in rows if "latency_quartiles_ms" in r
+        ]
+        best = pick(shifted, max_latency_ms, max_params, "_lat") if len(shifted) == len(rows) else None
+        picks[which] = best["label"] if best else None
+    return {"picks": picks, "stable": len(set(picks.values())) == 1}
 
 
 def pareto(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -112,7 +170,12 @@ def pareto(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return front
 
 
-def plot_pareto(rows: list[dict[str, Any]], path: Path, named: dict[str, str]) -> None:
+def plot_pareto(
+    rows: list[dict[str, Any]], path: Path, named: dict[str, str], twins: list[dict[str, Any]] | None = None
+) -> None:
+    """Size and latency vs WER of every subnet, the Pareto fronts, and the twins trained
+    alone (``twins``: dicts with ``label`` (the subnet's), ``name``, ``params``, ``wer``; a
+    twin has its subnet's architecture, so it is drawn at its subnet's measured latency)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,11 +201,32 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, named: dict[str, str]) -
         for r in rows:
             if r["label"] in named:
                 ax.annotate(named[r["label"]], (r[key], 100 * r["wer"]), fontsize=8)
+        by_label = {r["label"]: r for r in rows}
+        drawn = [t for t in twins or [] if t["label"] in by_label and t.get("wer") is not None]
+        if drawn:
+            xs = [t["params"] if key == "params" else by_label[t["label"]][key] for t in drawn]
+            ax.scatter(
+                xs,
+                [100 * t["wer"] for t in drawn],
+                marker="x",
+                s=50,
+                c="tab:blue",
+                label="twins (trained alone)",
+            )
+            for x, t in zip(xs, drawn, strict=True):
+                ax.annotate(
+                    t["name"],
+                    (x, 100 * t["wer"]),
+                    fontsize=7,
+                    color="tab:blue",
+                    xytext=(3, -9),
+                    textcoords="offset points",
+                )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("WER (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("TODM supernet: subnets, size and latency vs WER")
+    fig.suptitle("TODM supernet: subnets (and their twins), size and latency vs WER")
     fig.tight_layout()
     from kdtool.io import atomic_path
 
@@ -192,14 +276,15 @@ def subnets_table(
     features = dataset.features(0)[None]  # type: ignore[attr-defined]
     rows = []
     subnets = supernet.all_subnets()
+    predictors: dict[str, Predictor] = {}
     for i, sub in enumerate(subnets):
-        if sub.label in cached:
+        if sub.label in cached and "latency_quartiles_ms" in cached[sub.label]:
             rows.append(cached[sub.label])
             continue
         model, _ = build_subnet_model(supernet, config["options"], sub)
         predictor = task.predictor(model, sub.label)
         metrics = task.evaluate(predictor, "val", limit=eval_limit)
-        latency = measure_latency(predictor, features, repeats=repeats)
+        predictors[sub.label] = predictor
         rows.append(
             {
                 "label": sub.label,
@@ -207,13 +292,19 @@ def subnets_table(
                 "params": sum(p.numel() for p in model.parameters()),
                 "wer": metrics["wer"],
                 "cer": metrics["cer"],
-                "latency_ms": round(latency, 3),
             }
         )
         echo(
-            f"[{i + 1}/{len(subnets)}] {sub.label}: {rows[-1]['params']:,} params, WER {100 * metrics['wer']:.2f}%, "
-            f"{latency:.1f} ms"
+            f"[{i + 1}/{len(subnets)}] {sub.label}: {rows[-1]['params']:,} params, WER {100 * metrics['wer']:.2f}%"
         )
+    if predictors:
+        echo(f"latency: {repeats} interleaved rounds over {len(predictors)} subnets (median, quartiles)")
+        times = measure_latencies(predictors, features, rounds=repeats)
+        for row in rows:
+            if row["label"] in times:
+                q1, q2, q3 = quartiles(times[row["label"]])
+                row["latency_ms"] = round(q2, 3)
+                row["latency_quartiles_ms"] = [round(q1, 3), round(q2, 3), round(q3, 3)]
     write_json(table_path, {"key": key, "utterance_frames": int(features.shape[1]), "rows": rows})
     return ctx, stage_name, supernet, config, rows
 
@@ -232,7 +323,12 @@ def register_subnets_command(app: typer.Typer) -> None:
         eval_limit: Annotated[
             int | None, typer.Option("--eval-limit", help="Validation utterances per subnet.")
         ] = None,
-        repeats: Annotated[int, typer.Option("--repeats", help="Latency repeats (median).")] = 5,
+        repeats: Annotated[
+            int,
+            typer.Option(
+                "--repeats", help="Latency rounds, interleaved over the subnets (median, quartiles)."
+            ),
+        ] = 15,
         refresh: Annotated[
             bool, typer.Option("--refresh", help="Re-measure even if the table is cached.")
         ] = False,
@@ -253,10 +349,37 @@ def register_subnets_command(app: typer.Typer) -> None:
             supernet.middle.label: "middle",
             supernet.smallest.label: "smallest",
         }
+        twins = [
+            {
+                "label": supernet_label,
+                "name": tname,
+                "params": entry.get("params"),
+                "wer": (entry.get("metrics") or {}).get("wer"),
+            }
+            for tname, entry in ctx.summary.get("models", {}).items()
+            if entry.get("twin_of")
+            and (supernet_label := _subnet_label(ctx.summary["models"].get(entry["twin_of"], {})))
+        ]
         plot = ctx.run_dir / "subnets" / "pareto.png"
-        plot_pareto(rows, plot, named)
+        plot_pareto(rows, plot, named, twins)
+        # the report shows every image under RUN/figures/
+        figure = ctx.run_dir / "figures" / "subnets_pareto.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(figure) as tmp:
+            tmp.write_bytes(plot.read_bytes())
         table = Table(title=f"subnets of {stage_name} ({ctx.run_dir})")
-        for col in ("subnet", "layers", "heads", "ffn", "params", "WER %", "CER %", "latency ms", "Pareto"):
+        for col in (
+            "subnet",
+            "layers",
+            "heads",
+            "ffn",
+            "params",
+            "WER %",
+            "CER %",
+            "latency ms",
+            "IQR ms",
+            "Pareto",
+        ):
             table.add_column(col)
         front = {r["label"] for r in pareto(rows, "latency_ms")} | {
             r["label"] for r in pareto(rows, "params")
@@ -271,24 +394,22 @@ def register_subnets_command(app: typer.Typer) -> None:
                 f"{100 * r['wer']:.2f}",
                 f"{100 * r['cer']:.2f}",
                 f"{r['latency_ms']:.1f}",
+                "{:.1f}-{:.1f}".format(*r["latency_quartiles_ms"][::2])
+                if "latency_quartiles_ms" in r
+                else "",
                 "*" if r["label"] in front else "",
             )
         console.print(table)
         console.print(f"Pareto plot: {plot}")
         if max_latency_ms is None and max_params is None:
             return
-        fits = [
-            r
-            for r in rows
-            if (max_latency_ms is None or r["latency_ms"] <= max_latency_ms)
-            and (max_params is None or r["params"] <= max_params)
-        ]
-        if not fits:
+        best = pick(rows, max_latency_ms, max_params)
+        if best is None:
             raise RunError(
                 f"no subnet fits the budget (latency <= {max_latency_ms} ms, params <= {max_params}); fastest is "
                 f"{min(r['latency_ms'] for r in rows):.1f} ms, smallest {min(r['params'] for r in rows):,} params"
             )
-        best = min(fits, key=lambda r: (r["wer"], r["latency_ms"]))
+        stability = pick_stability(rows, max_latency_ms, max_params)
         sub = Subnet(best["layers"], best["heads"], best["ffn"])
         model_name = name or f"{stage_name}-{sub.label}"
         entry = write_subnet_model(
@@ -306,6 +427,10 @@ def register_subnets_command(app: typer.Typer) -> None:
                     "max_latency_ms": max_latency_ms,
                     "max_params": max_params,
                     "latency_ms": best["latency_ms"],
+                    "latency_quartiles_ms": best.get("latency_quartiles_ms"),
+                    "repeats": repeats,
+                    "stable": stability["stable"],
+                    "picks_at_quartiles": stability["picks"],
                     "machine": platform.node(),
                 }
             },
@@ -313,7 +438,28 @@ def register_subnets_command(app: typer.Typer) -> None:
         summary = read_summary(ctx.run_dir)
         summary["models"][model_name] = entry
         write_summary(ctx.run_dir, summary)
+        q = best.get("latency_quartiles_ms") or [best["latency_ms"]] * 3
+        if stability["stable"]:
+            console.print(
+                f"pick stable under latency noise: the same subnet at the first quartile, median and third "
+                f"quartile of {repeats} repeats ({sub.label}: {q[0]:.1f} / {q[1]:.1f} / {q[2]:.1f} ms)"
+            )
+        else:
+            console.print(
+                f"[yellow]pick NOT stable under latency noise[/]: at the first quartile / median / third quartile "
+                f"the pick is {stability['picks']['q1']} / {stability['picks']['median']} / {stability['picks']['q3']}; "
+                f"use more --repeats, a quieter machine, or a budget away from the boundary"
+            )
         console.print(
             f"picked {sub.label}: WER {100 * best['wer']:.2f}%, {best['latency_ms']:.1f} ms, {best['params']:,} params "
             f"-> model {model_name!r}; export it with `kdtool export {ctx.run_dir} --target onnx --model {model_name}`"
         )
+
+
+def _subnet_label(entry: dict[str, Any]) -> str | None:
+    """The search-space label (L4-H4-F192) of a summary's subnet entry."""
+    sub = entry.get("subnet") or {}
+    try:
+        return Subnet(int(sub["layers"]), int(sub["heads"]), int(sub["ffn"])).label
+    except (KeyError, TypeError, ValueError):
+        return None

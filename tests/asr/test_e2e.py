@@ -52,6 +52,10 @@ def tiny_asr_recipe(runs: Path, cache: Path, **data: Any) -> dict[str, Any]:
         "data": {"source": "espeak", "num_train": 16, "num_val": 6, "max_duration": 5.0, **data},
         "models": {
             "supernet": {"arch": "asr_supernet_rnnt", "options": ARCH},
+            "large": {
+                "arch": "asr_supernet_rnnt",
+                "options": {**ARCH, "layer_choices": [2], "head_choices": [2], "ffn_choices": [16]},
+            },
             "small": {
                 "arch": "asr_supernet_rnnt",
                 "options": {
@@ -72,7 +76,12 @@ def tiny_asr_recipe(runs: Path, cache: Path, **data: Any) -> dict[str, Any]:
                 "role": "supernet",
                 "keep": "last",
                 "losses": [{"name": "rnnt"}, {"name": "kd", "loss": "alpha_div"}],
-                "options": {"num_random": 1},
+                "options": {
+                    "num_random": 1,
+                    "largest_only_steps": 1,
+                    "kd_weight": {"start": 0.5, "end": 1.0, "to_step": 3},
+                    "subnet_rnnt_weight": {"start": 1.0, "end": 0.5, "to_step": 3},
+                },
                 **stage,
             },
             {
@@ -81,6 +90,16 @@ def tiny_asr_recipe(runs: Path, cache: Path, **data: Any) -> dict[str, Any]:
                 "role": "baseline",
                 "baseline_for": "supernet",
                 "keep": "last",
+                "options": {"twin": {"stage": "supernet", "subnet": "smallest"}},
+                **stage,
+            },
+            {
+                "name": "twin_largest",
+                "model": "large",
+                "role": "baseline",
+                "baseline_for": "supernet",
+                "keep": "last",
+                "options": {"twin": {"stage": "supernet", "subnet": "largest"}},
                 **stage,
             },
         ],
@@ -110,6 +129,26 @@ def test_summary_lists_named_subnets(run_dir: Path) -> None:
     assert models["supernet-smallest"]["params"] == models["baseline"]["params"]
     assert models["supernet-largest"]["params"] == models["supernet"]["params"]
     assert summary["deploy_model"] == "supernet"
+    # each named subnet with a twin is compared with it (like with like), the supernet with the largest's
+    assert models["supernet-smallest"]["twin"] == "baseline" == models["supernet-smallest"]["compare_with"]
+    assert models["supernet-largest"]["twin"] == "twin_largest" == models["supernet"]["compare_with"]
+    assert models["baseline"]["twin_of"] == "supernet-smallest"
+    assert "twin" not in models["supernet-middle"]
+    from kdtool.report.collect import model_rows
+
+    rows = {r.name: r for r in model_rows(summary, run_dir)}
+    assert rows["supernet-smallest"].gain_baseline == "baseline"
+    assert rows["supernet"].gain_baseline == "twin_largest"
+    assert rows["supernet-largest"].gain == pytest.approx(
+        models["twin_largest"]["metrics"]["wer"] - models["supernet-largest"]["metrics"]["wer"]
+    )
+    # the supernet's evaluations score every named subnet (learning curves), figures for the report
+    val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in val if r.get("stage") == "supernet" and r.get("split") == "val"][-1]
+    assert {"wer_largest", "wer_middle", "wer_smallest"} <= set(last)
+    assert last["wer_largest"] == last["wer"]
+    assert (run_dir / "figures" / "todm_supernet_pareto.png").exists()
+    assert (run_dir / "figures" / "todm_supernet_learning_curves.png").exists()
 
 
 def test_three_graph_onnx_export_and_ort_greedy_decoding(run_dir: Path) -> None:
@@ -170,6 +209,9 @@ def test_subnets_command_with_budget(run_dir: Path) -> None:
     assert len(table["rows"]) == 8 and all(r["latency_ms"] > 0 for r in table["rows"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["models"]["picked"]["role"] == "subnet"
+    assert summary["models"]["picked"]["picked_by"]["stable"] in (True, False)
+    assert (run_dir / "figures" / "subnets_pareto.png").exists()  # shown by kdtool report
+    assert all(len(r["latency_quartiles_ms"]) == 3 for r in table["rows"])
     out = export_model(ExportRequest(run=run_dir, target="onnx", model="picked"), echo=lambda _m: None)
     assert out.manifest["status"] == "ok"
 

@@ -127,3 +127,31 @@ def test_eden_by_hand() -> None:
         25, steps_per_epoch=100, lr_batches=300, lr_epochs=3, warmup_batches=50
     ) == pytest.approx(0.75 * ((625 + 90000) / 90000) ** -0.25 * ((0.0625 + 9) / 9) ** -0.25)
     assert not math.isnan(f)
+
+
+def _toy_bias_run(make_opt: object, steps: int = 100) -> float:
+    """Fit y = W x + b* with b initialised at zero; return how far b moved."""
+    torch.manual_seed(0)
+    w_true, b_true = torch.randn(4, 6) * 0.3, torch.full((4,), 0.5)
+    w = torch.nn.Parameter(torch.randn(4, 6) * 0.3)
+    b = torch.nn.Parameter(torch.zeros(4))
+    opt = make_opt([w, b])  # type: ignore[operator]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(32, 6, generator=gen)
+        loss = ((x @ w.T + b - (x @ w_true.T + b_true)) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(b.detach().abs().mean())
+
+
+def test_scaled_adam_trains_zero_initialised_bias_like_adam() -> None:
+    # plain Adam at the scalar learning rate (lr * scalar_lr_scale) is the reference
+    adam = _toy_bias_run(lambda ps: torch.optim.Adam(ps, lr=0.03 * 0.1, betas=(0.9, 0.98)))
+    scaled = _toy_bias_run(lambda ps: ScaledAdam(ps, lr=0.03))
+    icefall_rule = _toy_bias_run(lambda ps: ScaledAdam(ps, lr=0.03, vector_min_rms=0.0))
+    assert adam > 0.1  # the toy problem does move a bias under Adam
+    assert 0.5 * adam < scaled < 2.0 * adam
+    # without the vector floor the update is scaled by RMS 1e-5: the bias stays at zero
+    assert icefall_rule < 0.01 * adam
