@@ -65,7 +65,8 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand(
         "study",
         "kdtool.cli.study:register",
-        "Run a recipe once per seed; paired student-vs-baseline differences with 95% CIs and a verdict.",
+        "Run the recipe once per seed, then compare each student with its baseline, paired by seed "
+        "(mean ± std, 95% CI of the difference, wins, verdict); writes study.json, study.md, study.html.",
     ),
 )
 

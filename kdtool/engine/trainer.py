@@ -8,6 +8,7 @@ schedules, evaluation, checkpoints, resume, logging and the run directory.
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import random
 import time

@@ -90,7 +90,7 @@ def test_export_refreshes_the_run_report(run_dir: Path) -> None:
 def test_predict_writes_good_results_reports_bad_inputs_and_never_writes_into_the_artifact(
     run_dir: Path, tmp_path: Path
 ) -> None:
-    artifact = export(run_dir).directory
+    artifact = export(run_dir, out=tmp_path / "exported").directory  # the module's run is shared
     good = tmp_path / "digit.png"
     Image.new("L", (8, 8), 255).save(good)
     bad = tmp_path / "broken.png"
@@ -110,7 +110,7 @@ def test_predict_writes_good_results_reports_bad_inputs_and_never_writes_into_th
 
 
 def test_bench_measures_each_row_in_its_own_process_at_full_width(run_dir: Path, tmp_path: Path) -> None:
-    artifact = export(run_dir).directory
+    artifact = export(run_dir, out=tmp_path / "exported").directory  # the module's run is shared
     args = ["bench", str(artifact), str(artifact), "--seconds", "0.1", "--no-metric"]
     as_json = run_cli([*args, "--json"], cwd=tmp_path)
     assert as_json.returncode == 0, as_json.stderr

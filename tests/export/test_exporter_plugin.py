@@ -114,5 +114,11 @@ def test_profile_named_like_an_exporter_is_a_conflict() -> None:
     manager.infos["clash"] = PluginInfo(name="clash", module=__name__)
     from kdtool.errors import PluginError
 
+    # the clash is reported, and fails only where the name is used
+    regs = manager.registries()
+    assert any("has the name of an exporter" in message for message in manager.conflicts)
     with pytest.raises(PluginError, match="has the name of an exporter"):
-        manager.registries()
+        regs.targets.get("onnx")
+    with pytest.raises(PluginError, match="has the name of an exporter"):
+        regs.exporters.get("onnx")
+    assert regs.targets.get("onnx-cpu-int8").exporter == "onnx"  # other names still work
