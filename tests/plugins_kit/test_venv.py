@@ -18,7 +18,7 @@ def test_plugin_venv_sees_this_environment(tmp_path: Path) -> None:
     env = PluginVenv(tmp_path / "venv")
     try:
         code = "import kdtool, setuptools, sys; print(kdtool.__file__); print(setuptools.__version__); print(sys.prefix)"
-        result = env.run("-c", code)
+        result = env.run("-c", code, cwd=tmp_path)  # not the checkout: imports come from site dirs
         assert result.returncode == 0, result.stderr
         kdtool_file, setuptools_version, prefix = result.stdout.split()
         assert Path(kdtool_file).resolve() == Path(kdtool.__file__).resolve()
