@@ -142,7 +142,9 @@ class HTRTask(Task):
     """Handwritten text recognition (HTR-JAND): CTC teacher, CTC + posterior-KD student."""
 
     name = "htr"
-    predict_inputs = "images of one handwritten text line (PNG, JPEG, ...), scaled to the model's height; prints the text"
+    predict_inputs = (
+        "images of one handwritten text line (PNG, JPEG, ...), scaled to the model's height; prints the text"
+    )
     Options = HTROptions
     DataOptions = HTRDataOptions
     primary_metric = PrimaryMetric("cer", higher_is_better=False)
