@@ -38,7 +38,9 @@ COMMANDS: tuple[LazyCommand, ...] = (
     ),
     LazyCommand("eval", "kdtool.cli.evaluate:register", "Evaluate a model on its task's validation data."),
     LazyCommand(
-        "bench", "kdtool.cli.bench:register", "Benchmark PyTorch models and exported artifacts on this machine."
+        "bench",
+        "kdtool.cli.bench:register",
+        "Benchmark PyTorch models and exported artifacts on this machine.",
     ),
     LazyCommand(
         "targets",

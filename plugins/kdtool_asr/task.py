@@ -284,7 +284,9 @@ class JoinerGraph(nn.Module):
 
 class AsrSupernetTask(Task):
     name = "asr_supernet"
-    predict_inputs = "audio files (WAV, FLAC, OGG: what soundfile reads), mixed to mono and resampled; prints the text"
+    predict_inputs = (
+        "audio files (WAV, FLAC, OGG: what soundfile reads), mixed to mono and resampled; prints the text"
+    )
     description = "ASR: TODM supernet RNN-T (S4D encoder), sandwich rule + in-place alpha-divergence KD"
     Options = AsrOptions
     DataOptions = AsrData

@@ -142,7 +142,9 @@ class HTRTask(Task):
     """Handwritten text recognition (HTR-JAND): CTC teacher, CTC + posterior-KD student."""
 
     name = "htr"
-    predict_inputs = "images of one handwritten text line (PNG, JPEG, ...), scaled to the model's height; prints the text"
+    predict_inputs = (
+        "images of one handwritten text line (PNG, JPEG, ...), scaled to the model's height; prints the text"
+    )
     Options = HTROptions
     DataOptions = HTRDataOptions
     StageOptions = HTRStageOptions  # stages[].options, checked when the recipe loads

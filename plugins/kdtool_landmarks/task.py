@@ -193,7 +193,9 @@ class LandmarkOutput(nn.Module):
 
 class LandmarksTask(Task):
     name = "facial_landmarks"
-    predict_inputs = "face crops as image files (PNG, JPEG, ...); prints the points, draws <name>_landmarks.png"
+    predict_inputs = (
+        "face crops as image files (PNG, JPEG, ...); prints the points, draws <name>_landmarks.png"
+    )
     description = (
         "facial landmarks: KD-Loss from a Tolerant-Teacher (ASM soft landmarks) and a Tough-Teacher "
         "(ground truth) into a MobileNetV2 student; roles teacher (options.target hard|soft), student, baseline"

@@ -174,3 +174,13 @@ def test_add_lazy_command_forwards_on_a_plain_typer_app() -> None:
     assert '"onnx-cpu"' in result.output
     shown = CliRunner().invoke(app, ["targets", "--help"])
     assert "--json" in shown.output
+
+
+def test_trust_flag_allows_code_running_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdtool.cli import main
+    from kdtool.pt2 import TRUST_ENV, trusted
+
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    assert main(["recipes", "list"]) == 0 and not trusted()
+    assert main(["--trust", "recipes", "list"]) == 0 and trusted()
+    monkeypatch.delenv(TRUST_ENV, raising=False)
