@@ -34,6 +34,12 @@ def report(
     latency_seconds: Annotated[
         float, typer.Option("--latency-seconds", help="Time budget per model for the CPU latency.")
     ] = 0.5,
+    latency_budget: Annotated[
+        float,
+        typer.Option(
+            "--latency-budget", help="Seconds for all latency measurements (models left are skipped)."
+        ),
+    ] = 60.0,
     latency_threads: Annotated[
         int,
         typer.Option("--latency-threads", help="CPU threads while timing (1 is stable on busy machines)."),
@@ -50,6 +56,8 @@ def report(
 
     if latency_seconds <= 0:
         raise RunError(f"--latency-seconds must be > 0, got {latency_seconds}")
+    if latency_budget < 0:
+        raise RunError(f"--latency-budget must be >= 0, got {latency_budget}")
     if latency_threads < 1:
         raise RunError(f"--latency-threads must be >= 1, got {latency_threads}")
     opts = ReportOptions(
@@ -57,6 +65,7 @@ def report(
         latency=not (no_measure or no_latency),
         latency_seconds=latency_seconds,
         latency_threads=latency_threads,
+        latency_budget=latency_budget,
         task_figures=not no_figures,
         echo=lambda msg: console.print(msg, markup=False),
     )

@@ -108,6 +108,12 @@ def resolve_run(path: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
     if candidate.is_dir() and not (candidate / "summary.json").exists() and (candidate / "latest").exists():
         candidate = candidate / "latest"
     if not candidate.exists():
+        unfinished = _newest_unfinished(candidate.parent) if candidate.name == "latest" else None
+        if unfinished is not None:
+            raise RunError(
+                f"no finished run at {candidate}; the newest run, {unfinished[0]}, {unfinished[1]}",
+                hint="fix the cause and run `kdtool distill RECIPE` again, or pass a run directory",
+            )
         raise RunError(
             f"no run at {candidate}",
             hint="run `kdtool distill RECIPE` first, or pass a run directory",
@@ -116,6 +122,23 @@ def resolve_run(path: str | Path | None, runs_dir: Path = Path("runs")) -> Path:
     if not (resolved / "summary.json").exists():
         raise RunError(f"{candidate} is not a kdtool run directory (no summary.json)")
     return resolved
+
+
+def _newest_unfinished(folder: Path) -> tuple[Path, str] | None:
+    """The newest run under ``folder`` (a runs folder or a recipe's) when it did not finish."""
+    if not folder.is_dir():
+        return None
+    runs = [r for r in [newest_run(folder), *(newest_run(d) for d in folder.iterdir() if d.is_dir())] if r]
+    if not runs:
+        return None
+    newest = max(
+        runs, key=lambda r: (r / "summary.json").stat().st_mtime if (r / "summary.json").exists() else 0
+    )
+    try:
+        note = failure_note(read_json(newest / "summary.json", what="run summary"))
+    except Exception:
+        return None
+    return (newest, note.removeprefix("the run ")) if note else None
 
 
 def write_resolved_recipe(run_dir: Path, data: dict[str, Any]) -> None:

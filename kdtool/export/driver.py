@@ -426,7 +426,17 @@ def check_overwrite(
             "files that are not a kdtool artifact" if not manifest_path.exists() else "an unreadable manifest"
         )
     else:
-        diff = [f"{k} {existing[k]!r} (now {identity[k]!r})" for k in identity if existing[k] != identity[k]]
+        diff = [
+            f"{k} {existing[k]!r} (now {identity[k]!r})"
+            for k in identity
+            if k != "options" and existing[k] != identity[k]
+        ]
+        old_opts, new_opts = existing.get("options") or {}, identity["options"]
+        diff += [
+            f"option {k} {old_opts.get(k)!r} (now {new_opts.get(k)!r})"
+            for k in sorted({*old_opts, *new_opts})
+            if k != "precision" and old_opts.get(k) != new_opts.get(k)
+        ]
         what = "a different artifact: " + "; ".join(diff)
     raise ExportError(
         f"{out_dir} holds {what}",

@@ -45,22 +45,24 @@ def test_precision_is_part_of_the_folder_and_a_different_artifact_is_not_overwri
     assert fp32 == run_dir / "exports" / "onnx-cpu" and fp16 == run_dir / "exports" / "onnx-cpu-fp16"
     assert manifest(fp32)["precision"] == "fp32" and manifest(fp16)["precision"] == "fp16"
     assert export(run_dir, batch=4).directory.name == "onnx-cpu-b4"
-    # an explicit --out onto the FP32 artifact with another precision is refused...
-    before = (fp32 / "model.onnx").read_bytes()
+    # an explicit --out onto an FP32 artifact with another precision is refused...
+    mine = export(run_dir, out=run_dir / "mine").directory
+    before = (mine / "model.onnx").read_bytes()
     with pytest.raises(ExportError) as info:
-        export(run_dir, precision="fp16", out=fp32)
-    assert "different artifact" in str(info.value) and "--force" in str(info.value)
-    assert (fp32 / "model.onnx").read_bytes() == before and manifest(fp32)["precision"] == "fp32"
+        export(run_dir, precision="fp16", out=mine)
+    text = str(info.value)
+    assert "different artifact: precision 'fp32' (now 'fp16')" in text and "--force" in text
+    assert (mine / "model.onnx").read_bytes() == before and manifest(mine)["precision"] == "fp32"
     # ...as is a folder that is not an artifact
-    other = run_dir / "mine"
+    other = run_dir / "notes"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(ExportError, match="not a kdtool artifact"):
         export(run_dir, out=other)
     assert (other / "notes.txt").exists()
     # --force replaces it; the same artifact made again replaces the old one without --force
-    assert manifest(export(run_dir, precision="fp16", out=fp32, force=True).directory)["precision"] == "fp16"
-    assert manifest(export(run_dir, precision="fp16", out=fp32).directory)["precision"] == "fp16"
+    assert manifest(export(run_dir, precision="fp16", out=mine, force=True).directory)["precision"] == "fp16"
+    assert manifest(export(run_dir, precision="fp16", out=mine).directory)["precision"] == "fp16"
 
 
 def test_a_failure_while_replacing_leaves_the_old_folder_whole(

@@ -195,3 +195,15 @@ def test_progress_bar_shows_no_loss_before_the_first_step() -> None:
     assert "loss" not in progress.line(1)
     progress.update(2, 0.5)
     assert "loss 0.5000" in progress.line(2)
+
+
+def test_without_a_finished_run_commands_name_the_failed_one(tmp_path: Path) -> None:
+    from kdtool.engine.rundir import resolve_run
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path / "runs"))
+    with pytest.raises(DataError):
+        engine(path, ["data.source=imagefolder", f"data.root={tmp_path / 'nothing'}"]).run()
+    with pytest.raises(RunError) as info:
+        resolve_run(None, tmp_path / "runs")
+    text = str(info.value)
+    assert "no finished run" in text and "failed (data error" in text
