@@ -129,7 +129,7 @@ def main() -> int:
                 "loss": stage["options"].get("loss", "kd_loss") if stage["role"] == "teacher" else "kd_loss",
                 "lr": stage["optimizer"]["lr"],
                 "tune_nme": metrics["nme"],
-                "tune_failure_rate": metrics.get("failure_rate"),
+                "tune_failure_rate_pct": metrics.get("fr@0.1"),
             }
         )
     plain = [r for r in rows if r["loss"] != "kd_loss"]
