@@ -78,53 +78,61 @@ class AlphaDivergence(nn.Module):
 
     D_a(p||q) = sum_i q_i (r_i^a - 1) / (a (a - 1)) with r = p / q, p the detached teacher and
     q the student distribution. a -> 1 is KL(p||q) and a -> 0 is KL(q||p); both are their own
-    branches. The ratio term r^a is clipped at ``clip`` (not r itself: for a = -1 the ratio
-    q/p is unbounded). Because a clamp would zero the gradient where it binds, the gradient
-    comes from the surrogate -sum_i q_i rho_i log q_i with q and rho detached, where
+    branches. As in AlphaNet, only the unbounded importance weights are clipped at ``clip``:
+    r^a in the general branch (for a = -1 that is q/p, unbounded where the teacher puts no
+    mass) and r in the a = 0 branch (upper bound only). The a = 1 branch, KL(p||q), is not
+    clipped: clipping it would cap the loss and shrink the gradient on a confidently wrong
+    student by orders of magnitude. The branch with the larger (clipped) value is taken per
+    position, and that value is returned.
+
+    Because a clamp would zero the gradient where it binds, the gradient comes from the
+    surrogate -sum_i w_i log q_i with the weight w = q * rho detached, where
     rho = r^a / a + 1 / (a (a - 1)) (rho = r for a = 1, log r - 1 for a = 0) is exactly
-    -(f(r) - r f'(r)); the returned value is the (clipped) divergence itself.
+    -(f(r) - r f'(r)). w is formed in log space (w = p for a = 1), so a student probability
+    that underflows does not lose the gradient.
     """
 
     def __init__(self, alpha_minus: float = -1.0, alpha_plus: float = 1.0, clip: float | None = 5.0) -> None:
         super().__init__()
+        if clip is not None and clip <= 0:
+            raise ValueError(f"clip must be > 0 or None, got {clip}")
         self.alpha_minus = alpha_minus
         self.alpha_plus = alpha_plus
         self.clip = clip
 
-    def _branch(self, p: torch.Tensor, q: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(divergence, rho) per position, both without gradient."""
-        eps = 1e-12
-        ratio = p / q.clamp_min(eps)
-        cap = math.inf if self.clip is None else self.clip
-        if abs(alpha - 1.0) < 1e-6:  # KL(p || q) = sum q r log r
-            r = ratio.clamp(max=cap)
-            value = (q * r * torch.log(r.clamp_min(eps))).sum(-1)
-            rho = r
-        elif abs(alpha) < 1e-6:  # KL(q || p) = sum q (-log r)
-            r = ratio.clamp(min=1.0 / cap if cap != math.inf else 0.0, max=cap)
-            log_r = torch.log(r.clamp_min(eps))
+    def _branch(
+        self, log_p: torch.Tensor, log_q: torch.Tensor, alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(divergence, surrogate weight q * rho) per position, both without gradient."""
+        p, q = log_p.exp(), log_q.exp()
+        log_r = log_p - log_q
+        log_cap = math.inf if self.clip is None else math.log(self.clip)
+        if abs(alpha - 1.0) < 1e-6:  # KL(p || q) = sum p log r, never clipped
+            value = torch.where(p > 0, p * log_r, torch.zeros_like(p)).sum(-1)
+            weight = p  # q * rho with rho = r
+        elif abs(alpha) < 1e-6:  # KL(q || p) = sum q (-log r), r clipped from above
+            log_r = log_r.clamp(max=log_cap)
             value = (q * -log_r).sum(-1)
-            rho = log_r - 1.0
+            weight = q * (log_r - 1.0)
         else:
-            ratio_a = ratio.clamp_min(eps).pow(alpha).clamp(max=cap)
+            ratio_a = (alpha * log_r).clamp(max=log_cap).exp()  # r^a clipped at the cap
             norm = 1.0 / (alpha * (alpha - 1.0))
             value = (q * (ratio_a - 1.0)).sum(-1) * norm
-            rho = ratio_a / alpha + norm
-        return value, rho
+            weight = q * (ratio_a / alpha + norm)
+        return value, weight
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         log_q = F.log_softmax(student_logits.float(), dim=-1)
         with torch.no_grad():
-            q = log_q.exp()
-            p = F.softmax(teacher_logits.detach().float(), dim=-1)
-            d_minus, rho_minus = self._branch(p, q, self.alpha_minus)
-            d_plus, rho_plus = self._branch(p, q, self.alpha_plus)
-            take_minus = (d_minus > d_plus).unsqueeze(-1)
-            rho = torch.where(take_minus, rho_minus, rho_plus)
-            value = torch.maximum(d_minus, d_plus)
-        surrogate = -(q * rho * log_q).sum(-1)
+            log_p = F.log_softmax(teacher_logits.detach().float(), dim=-1)
+            d_minus, w_minus = self._branch(log_p, log_q, self.alpha_minus)
+            d_plus, w_plus = self._branch(log_p, log_q, self.alpha_plus)
+            take_minus = d_minus > d_plus
+            weight = torch.where(take_minus.unsqueeze(-1), w_minus, w_plus)
+            value = torch.where(take_minus, d_minus, d_plus)
+        surrogate = -(weight * log_q).sum(-1)
         per_position = surrogate + (value - surrogate).detach()
         return _masked_mean(per_position, mask)
 
@@ -214,7 +222,10 @@ BUILTIN_LOSSES: dict[str, tuple[type[nn.Module], str]] = {
     "mse": (MSE, "mean squared error on targets"),
     "kl_t": (SoftTargetKL, "soft-target KL with temperature, x T^2 (Hinton)"),
     "mse_logits": (MSELogits, "MSE between student and teacher logits"),
-    "alpha_div": (AlphaDivergence, "adaptive alpha-divergence, clipped ratio (AlphaNet)"),
+    "alpha_div": (
+        AlphaDivergence,
+        "adaptive alpha-divergence (AlphaNet: max of a=-1, a=+1; unbounded ratios clipped)",
+    ),
     "hint": (FeatureHint, "feature hint through a learned projection (FitNets)"),
     "cwd": (ChannelWiseDistillation, "channel-wise distillation of dense maps (CWD)"),
     "ctc_kd": (CTCPosteriorKD, "KD on per-frame CTC posteriors, blank frames down-weighted"),

@@ -13,6 +13,16 @@
   focuses on neighbouring frames while the MHSA branch sees the whole line.
 - Frame rate: the width is always pooled by 4 (:data:`~kdtool_htr.datasets.FRAME_STRIDE`),
   so teacher and student produce the same number of frames, which per-frame KD needs.
+- Padding: a line's output does not depend on what else is in its batch. Lines are ink-high on
+  a zero background and zero padded on the right, so a column is padding when it and every
+  column after it are all zero; :func:`valid_frames` reads each line's frame count from the
+  image itself (the last column with any non-zero pixel, rounded up to the frame stride).
+  The same rule therefore holds in training, evaluation and the exported graph, which keeps
+  its single ``image`` input. Padded columns are zeroed after each encoder block (as a
+  convolution's own zero padding would see them), the SE gate averages over valid columns
+  only, and both attention branches mask padded frames as keys. Trailing blank columns of a
+  line are treated like padding (they carry no ink). Left alone: batch norm in training mode
+  still computes its batch statistics over padded columns (evaluation uses running statistics).
 """
 
 from __future__ import annotations
@@ -25,6 +35,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .datasets import FRAME_STRIDE
+
+_MASKED_LOGIT = -1.0e4  # exp(-1e4) is exactly 0 in fp32 and fp16, and -1e4 is finite in fp16
+
+
+def valid_frames(image: torch.Tensor) -> torch.Tensor:
+    """(N,) valid output frames of zero-padded lines (N, 1, H, W): the last column with any
+    non-zero pixel, rounded up to the frame stride, at least one frame."""
+    width = image.shape[-1]
+    inked = image.detach().abs().amax(dim=(1, 2)) > 0  # (N, W)
+    position = torch.arange(1, width + 1, device=image.device)
+    last = (position[None, :] * inked.long()).amax(dim=1)  # 0 for a blank line
+    return torch.div(last + FRAME_STRIDE - 1, FRAME_STRIDE, rounding_mode="floor").clamp_min(1)
+
+
+def column_mask(frames: torch.Tensor, width: int, per_frame: int) -> torch.Tensor:
+    """(N, width) bool: the first ``frames * per_frame`` columns of each line are valid."""
+    return torch.arange(width, device=frames.device)[None, :] < (frames * per_frame)[:, None]
 
 
 class FullGatedConv2d(nn.Module):
@@ -50,8 +77,14 @@ class SqueezeExcitation(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=(2, 3))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (N, W) bool: average over the valid columns only (padding does not move the gate)."""
+        if mask is None:
+            s = x.mean(dim=(2, 3))
+        else:
+            m = mask[:, None, None, :].to(x.dtype)
+            count = m.sum(dim=(2, 3)) * x.shape[2]
+            s = (x * m).sum(dim=(2, 3)) / count.clamp_min(1.0)
         s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
         return x * s[:, :, None, None]
 
@@ -69,8 +102,12 @@ class GatedSEBlock(nn.Module):
         self.pool = nn.MaxPool2d(pool) if pool != (1, 1) else nn.Identity()
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.pool(self.se(self.norm(self.gated(x)))))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (N, W) bool marks the valid columns of ``x``; padded ones leave as zeros."""
+        y = self.norm(self.gated(x))
+        if mask is not None:
+            y = y * mask[:, None, None, :].to(y.dtype)
+        return self.dropout(self.pool(self.se(y, mask)))
 
 
 class SelfAttention(nn.Module):
@@ -97,20 +134,25 @@ class SelfAttention(nn.Module):
         dist = (pos[None, :] - pos[:, None]).abs()
         return F.softplus(self.slope)[:, None, None] * dist[None]
 
-    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Output (N, T, D) and attention weights (N, heads, T, T)."""
+    def attention(
+        self, x: torch.Tensor, key_valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output (N, T, D) and attention weights (N, heads, T, T); ``key_valid`` (N, T) bool
+        masks padded frames as keys (they get zero weight)."""
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if self.locality:
             logits = logits - self.distance_penalty(t, x.device)[None].to(logits.dtype)
+        if key_valid is not None:
+            logits = logits.masked_fill(~key_valid[:, None, None, :], _MASKED_LOGIT)
         weights = logits.softmax(dim=-1)
         out = (self.dropout(weights) @ v).transpose(1, 2).reshape(n, t, d)
         return out, weights
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attention(x)[0]
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attention(x, key_valid)[0]
 
 
 class CombinedAttention(nn.Module):
@@ -122,8 +164,8 @@ class CombinedAttention(nn.Module):
         self.proxima = SelfAttention(dim, heads, locality=True, dropout=dropout)
         self.fuse = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fuse(torch.cat([self.mhsa(x), self.proxima(x)], dim=-1))
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fuse(torch.cat([self.mhsa(x, key_valid), self.proxima(x, key_valid)], dim=-1))
 
 
 class AttentionBlock(nn.Module):
@@ -139,8 +181,8 @@ class AttentionBlock(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm1(x), key_valid))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
@@ -182,6 +224,7 @@ class HTRJand(nn.Module):
                 f"the width pools must multiply to the frame stride {FRAME_STRIDE}, got {pool_list}"
             )
         out_h = height
+        self.width_pools = [int(p[1]) for p in pool_list]
         blocks = []
         in_ch = 1
         for ch, pool in zip(channels, pool_list, strict=True):
@@ -201,10 +244,20 @@ class HTRJand(nn.Module):
         self.height = height
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        f = self.encoder(image)  # (N, C, H', W / 4)
-        n, c, h, w = f.shape
+        """Log-probabilities (N, W / 4, classes); frames past a line's ink are padding (module
+        docstring) and do not affect its valid frames."""
+        frames = valid_frames(image)
+        f = image
+        stride = 1  # width pooling so far
+        for block, pool in zip(self.encoder, self.width_pools, strict=True):
+            f = block(f, column_mask(frames, f.shape[-1], FRAME_STRIDE // stride))
+            stride *= pool
+        n, c, h, w = f.shape  # (N, C, H', W / 4)
         seq = f.permute(0, 3, 1, 2).reshape(n, w, c * h)
-        seq = self.blocks(self.project(seq))
+        seq = self.project(seq)
+        key_valid = column_mask(frames, w, 1)
+        for block in self.blocks:
+            seq = block(seq, key_valid)
         return F.log_softmax(self.head(self.norm(seq)), dim=-1)
 
 

@@ -22,7 +22,10 @@ Teachers and ground truth carry no gradient; the region weights are constants.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -111,3 +114,43 @@ class LandmarksKDLoss(nn.Module):
             f"slope={self.slope}, band={self.band}, tough=({self.alpha_tough}, {self.alpha_minus_tough}), "
             f"tolerant=({self.alpha_tolerant}, {self.alpha_minus_tolerant})"
         )
+
+
+# ---------------------------------------------------------------- plain regression losses
+# The baseline (and the teachers) train with one of these on the normalised frame; which one
+# is the strongest plain baseline is chosen by bench/landmarks_baseline_loss.py.
+
+
+def wing_loss(pred: torch.Tensor, target: torch.Tensor, width: float, curvature: float) -> torch.Tensor:
+    """Wing loss (Feng et al., CVPR 2018), averaged over all coordinates.
+
+    ``width * ln(1 + |d| / curvature)`` for ``|d| < width`` (a log curve that stays steep for
+    small errors), else ``|d| - C`` with ``C = width - width * ln(1 + width / curvature)`` so
+    the two pieces meet. ``width`` and ``curvature`` are in the loss frame's units.
+    """
+    if width <= 0 or curvature <= 0:
+        raise ValueError(f"wing loss needs width > 0 and curvature > 0, got {width} and {curvature}")
+    d = (pred - target).abs()
+    c = width - width * math.log1p(width / curvature)
+    return torch.where(d < width, width * torch.log1p(d / curvature), d - c).mean()
+
+
+def plain_loss(
+    name: str,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    smooth_l1_beta: float = 0.01,
+    wing_width: float = 0.15,
+    wing_curvature: float = 0.03,
+) -> torch.Tensor:
+    """The plain regression loss ``name`` (``l2``, ``l1``, ``smooth_l1``, ``wing``), mean over coordinates."""
+    if name == "l2":
+        return F.mse_loss(pred, target)
+    if name == "l1":
+        return F.l1_loss(pred, target)
+    if name == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, beta=smooth_l1_beta)
+    if name == "wing":
+        return wing_loss(pred, target, wing_width, wing_curvature)
+    raise ValueError(f"unknown plain landmark loss {name!r}; choose l2, l1, smooth_l1 or wing")

@@ -6,13 +6,19 @@ Stages (``stage.role`` and ``stage.options`` decide the loss):
 - teacher, ``options: {target: hard}``: the Tough-Teacher, L2 on the ground truth;
 - student, two teachers (``options: {tolerant_teacher: NAME, tough_teacher: NAME}``): KD-Loss,
   terms ``main`` (weight 2 in the recipe), ``assist_tough`` and ``assist_tolerant`` (weight 1);
-- baseline: the same student, L2 on the ground truth, no teachers.
+- baseline: the same student on the ground truth, no teachers, with a plain loss
+  (``options.loss``: ``l2``, ``l1``, ``smooth_l1`` or ``wing``; the term has the loss's name).
+  The embedded recipe uses the strongest of the four on a tune split
+  (``bench/landmarks_baseline_loss.py``), so the student is compared to the best plain option.
 
 Choices for the method's open points (all recipe options):
 
 - loss frame: every loss is computed on ``u = (W/2 - x) / W`` (the authors' normalisation),
   which is also what the networks regress; the exported graph turns it back into crop pixels;
-- L2 is the mean squared error over all coordinates (``loss: l1`` is offered as an option);
+- plain losses are means over all coordinates in the normalised frame; smooth-L1's switch
+  point (``smooth_l1_beta``) and Wing's ``w`` and ``epsilon`` (``wing_width``,
+  ``wing_curvature``) are therefore fractions of the crop (defaults 0.01, 0.15 and 0.03: 0.64,
+  9.6 and 1.9 pixels of a 64-pixel crop, near the Wing paper's 10 and 2);
 - the shape model is fitted on the un-augmented training crops in that frame, without
   Procrustes alignment (``task.options.asm_align``), 97% variance, clip +-3 sqrt(lambda); the
   soft landmarks then follow each augmentation exactly like the ground truth;
@@ -33,7 +39,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset
@@ -62,7 +67,7 @@ from kdtool_landmarks.datasets import (
     load_wflw,
 )
 from kdtool_landmarks.layouts import Layout, layout_for
-from kdtool_landmarks.losses import LandmarksKDLoss
+from kdtool_landmarks.losses import LandmarksKDLoss, plain_loss
 from kdtool_landmarks.synth import SynthConfig, make_split
 
 _300W_TRAIN = ["afw", "helen/trainset", "lfpw/trainset"]
@@ -149,7 +154,18 @@ class StageOptions(_Strict):
     target: Literal["hard", "soft"] = Field(
         default="hard", description="teacher/baseline target: ground truth or ASM soft landmarks"
     )
-    loss: Literal["l2", "l1"] = "l2"
+    loss: Literal["l2", "l1", "smooth_l1", "wing"] = Field(
+        default="l2", description="plain loss of a teacher or baseline stage (its loss term has this name)"
+    )
+    smooth_l1_beta: float = Field(
+        default=0.01,
+        gt=0,
+        description="smooth-L1 switch point, in the normalised frame (fraction of the crop)",
+    )
+    wing_width: float = Field(default=0.15, gt=0, description="Wing loss w, in the normalised frame")
+    wing_curvature: float = Field(
+        default=0.03, gt=0, description="Wing loss epsilon, in the normalised frame"
+    )
     tolerant_teacher: str = "tolerant_teacher"
     tough_teacher: str = "tough_teacher"
 
@@ -385,9 +401,15 @@ class LandmarksTask(Task):
             kd = ctx.losses["main"] if "main" in ctx.losses else self._kd_default
             return kd(pred, gt, teach["tolerant"], teach["tough"])
         target = batch["soft"] if opts.target == "soft" else gt
-        if opts.loss == "l1":
-            return {"l1": F.l1_loss(pred, target)}
-        return {"l2": F.mse_loss(pred, target)}
+        value = plain_loss(
+            opts.loss,
+            pred,
+            target,
+            smooth_l1_beta=opts.smooth_l1_beta,
+            wing_width=opts.wing_width,
+            wing_curvature=opts.wing_curvature,
+        )
+        return {opts.loss: value}
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
