@@ -48,7 +48,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     weights = result / summary["models"]["supernet"]["weights"]
     state = load_weights(weights)
     state["joiner_out.bias"][0] -= 4.0
-    save_weights(weights, state)
+    save_weights(state, weights)
     return result
 
 
@@ -146,7 +146,7 @@ def test_predict_on_real_audio_through_sherpa_onnx_and_onnx_runtime(run_dir: Pat
     assert isinstance(runtime.predict_files(sherpa_dir, [tiny])[0]["text"], str)
 
 
-def test_cli_predict_and_bench_run_sherpa_onnx(run_dir: Path) -> None:
+def test_cli_predict_and_bench_run_sherpa_onnx(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from typer.testing import CliRunner
 
     from kdtool.cli import app
@@ -158,10 +158,16 @@ def test_cli_predict_and_bench_run_sherpa_onnx(run_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     bad = run_dir / "bad.flac"
     bad.write_bytes(b"not audio at all")
-    result = CliRunner().invoke(app, ["predict", str(directory), str(bad)])
-    assert result.exit_code != 0 and "bad.flac" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(app, ["bench", str(directory), "--no-metric", "--seconds", "0.2", "--json"])
+    from kdtool.cli import main
+
+    assert main(["predict", str(directory), str(bad)]) == DataError.exit_code  # a message, no traceback
+    err = capsys.readouterr()
+    printed = (err.out + err.err).replace("\n", "")
+    assert "bad.flac" in printed and "Traceback" not in printed
+    table = run_dir / "bench.json"
+    result = CliRunner().invoke(
+        app, ["bench", str(directory), "--no-metric", "--seconds", "0.2", "--out", str(table)]
+    )
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
-    row = rows[0] if isinstance(rows, list) else rows["rows"][0]
+    row = json.loads(table.read_text())["rows"][0]
     assert row["kind"] == "sherpa-onnx" and row["latency_ms_p50"] > 0 and row["throughput"] > 0
