@@ -23,8 +23,10 @@ sherpa-onnx computes the features itself with kaldi-native-fbank and its fixed
 ``FeatureExtractorConfig`` (only sample rate, bins and dither are settings), so only a model
 trained on kdtool's default fbank exports; a log-mel model or changed fbank settings are an
 ExportError. Its greedy search emits at most one symbol per encoder frame and starts from the
-context ``[-1, ..., -1, 0]``; the decoder graph reads negative ids as the blank, so its
-transcripts equal kdtool's greedy search with ``max_symbols_per_frame: 1`` (tested).
+context ``[-1, ..., -1, 0]``; the decoder graph reads negative ids as the blank, and the
+encoder repeats each output frame ``max_symbols_per_frame`` times (:class:`RepeatFrames`,
+option ``symbols_per_frame``), so its transcripts equal kdtool's greedy search with the
+task's ``max_symbols_per_frame`` (3 by default; tested).
 
 Prediction network: sherpa-onnx's offline transducer feeds the decoder only the last
 ``context_size`` tokens (a stateless decoder, icefall's design and kdtool's default). An LSTM
@@ -59,12 +61,14 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+import torch
 from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 from pydantic import Field
+from torch import nn
 
 from kdtool.errors import ExportError
 from kdtool.export.exporter import Artifact, ArtifactRunner, Capabilities, ExportContext, ExporterOptions
-from kdtool.export.spec import ExportSpec
+from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.io import write_text
 
@@ -82,7 +86,46 @@ class SherpaOptions(OnnxOptions):
     decoding_method: Literal["greedy_search", "modified_beam_search"] = "greedy_search"
     max_active_paths: int = Field(default=4, ge=1, description="beam for modified_beam_search")
     num_threads: int = Field(default=1, ge=1, description="sherpa-onnx threads when kdtool runs it")
-    batch: int = Field(default=16, ge=1, description="utterances per decode_streams call in kdtool eval")
+    batch: int = Field(
+        default=1,
+        ge=1,
+        description=(
+            "utterances per decode_streams call in kdtool eval (1: each alone, as an app decodes; with "
+            "dynamic INT8 a batch shares activation scales, so results depend on what is batched together)"
+        ),
+    )
+    symbols_per_frame: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description=(
+            "repeat each encoder frame this many times, so that sherpa-onnx's one-symbol-per-frame search "
+            "emits up to this many symbols per frame (0: the task's max_symbols_per_frame)"
+        ),
+    )
+
+
+class RepeatFrames(nn.Module):
+    """The encoder with every output frame repeated ``repeat`` times (and lengths scaled).
+
+    sherpa-onnx's greedy search emits at most one symbol per encoder frame, then moves on;
+    kdtool's emits up to ``max_symbols_per_frame`` on the same frame, re-running the joiner
+    with the updated decoder output. On ``repeat`` copies of a frame sherpa-onnx does exactly
+    that: a copy that yields blank yields blank on the remaining copies too (same inputs), so
+    the transcripts equal kdtool's greedy search with ``max_symbols_per_frame = repeat``. A
+    character model at 4x subsampling (25 frames/s) often needs more than one symbol a frame:
+    on the default recipe's model, one symbol a frame more than triples the WER."""
+
+    def __init__(self, encoder: nn.Module, repeat: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.repeat = repeat
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lens = self.encoder(x, x_lens)
+        b, t, j = out.shape
+        out = out.unsqueeze(2).expand(b, t, self.repeat, j).reshape(b, t * self.repeat, j)
+        return out, lens * self.repeat
 
 
 def sherpa_available() -> bool:
@@ -111,9 +154,21 @@ class SherpaExporter(OnnxExporter):
         assert isinstance(options, SherpaOptions)
         meta = spec.metadata.to_dict()
         check_exportable(spec.task, meta)
-        # sherpa-onnx's greedy search emits at most one symbol per frame: the manifest says so,
-        # and kdtool's own loop over these graphs then decodes the same way
-        spec.metadata.postprocessing["max_symbols_per_frame"] = 1
+        # sherpa-onnx's greedy search emits at most one symbol per frame: the encoder repeats
+        # its frames instead (RepeatFrames); the spec (which the driver also verifies against
+        # and writes into the manifest) is adapted in place, so kdtool's own loop over these
+        # graphs decodes with one symbol per (repeated) frame too
+        post_in = spec.metadata.postprocessing
+        repeat = options.symbols_per_frame or int(post_in.get("max_symbols_per_frame", 1))
+        if repeat > 1 and not post_in.get("frame_repeat"):
+            graph = spec.graph("encoder")
+            graph.module = RepeatFrames(graph.module, repeat).eval()
+            if "frames" in graph.dynamic_axes:
+                a = graph.dynamic_axes["frames"]
+                graph.dynamic_axes["frames"] = DynamicAxis(a.min * repeat, a.opt * repeat, a.max * repeat)
+            post_in["frame_repeat"] = repeat
+        post_in["max_symbols_per_frame"] = 1
+        meta = spec.metadata.to_dict()
         artifact = super().export(spec, options, out_dir, ctx)
         post = meta["postprocessing"]
         vocab: list[str] = list(meta["vocabulary"])
@@ -156,6 +211,7 @@ class SherpaExporter(OnnxExporter):
             "features": {k: features[k] for k in ("sample_rate", "num_mel_bins", "dither")},
             "max_frames": max_frames,
             "max_symbols_per_frame": 1,
+            "frame_repeat": int(post.get("frame_repeat", 1)),
         }
         if not sherpa_available():
             artifact.not_verified.append(f"decoding through sherpa-onnx: not installed here ({INSTALL})")
@@ -276,7 +332,7 @@ class SherpaOnnxRunner(ArtifactRunner):
     tasks call :meth:`recognize`, and ``kdtool bench`` calls :meth:`bench`."""
 
     def __init__(
-        self, recognizer: Any, *, metadata: dict[str, Any], sample_rate: int, batch: int = 16
+        self, recognizer: Any, *, metadata: dict[str, Any], sample_rate: int, batch: int = 1
     ) -> None:
         super().__init__({}, kind="sherpa-onnx", metadata=metadata)
         self.recognizer = recognizer
@@ -364,6 +420,7 @@ def readme_text(
     spec: ExportSpec, meta: dict[str, Any], features: dict[str, Any], options: SherpaOptions, max_frames: int
 ) -> str:
     post = meta["postprocessing"]
+    repeat = int(post.get("frame_repeat", 1))
     rate, bins = int(features["sample_rate"]), int(features["num_mel_bins"])
     seconds = max_frames * int(round(rate * features["frame_shift_ms"] / 1000)) / rate if max_frames else None
     limit = f"{seconds:.1f} s" if seconds else "the recipe's data.max_duration"
@@ -375,7 +432,7 @@ WebAssembly builds) loads this directory as it is.
 
 | file | what |
 |---|---|
-| `encoder.onnx` | `x` (N, T, {bins}) fbank, `x_lens` (N,) int64 -> `encoder_out` (N, T/4, J), `encoder_out_lens` |
+| `encoder.onnx` | `x` (N, T, {bins}) fbank, `x_lens` (N,) int64 -> `encoder_out` (N, {repeat} T/4, J), `encoder_out_lens` |
 | `decoder.onnx` | `y` (N, {post["context_size"]}) int64, the last {post["context_size"]} tokens -> `decoder_out` (N, J); metadata `vocab_size`, `context_size` |
 | `joiner.onnx` | `encoder_out` (N, J), `decoder_out` (N, J) -> `logit` (N, {len(meta["vocabulary"])}) |
 | `tokens.txt` | `symbol id` a line; `<blk>` is 0; `▁` is the space |
@@ -436,8 +493,11 @@ kdtool bench .                 # end-to-end latency and throughput in sherpa-onn
 - Text: `result.text` is the symbols joined, minus leading spaces and any space before
   punctuation (sherpa-onnx's clean-up); `result.tokens` are the symbols themselves, which
   is what kdtool joins when it runs this export.
-- Decoding: greedy search emits at most one token per encoder frame (40 ms);
-  `modified_beam_search` works too (`--decoding-method`, `max_active_paths`).
+- Decoding: sherpa-onnx's greedy search emits at most one token per encoder frame; this
+  encoder repeats each 40 ms frame {repeat} times, so up to {repeat} tokens per 40 ms
+  (what kdtool's own greedy search allows). sherpa-onnx's timestamps assume 40 ms frames:
+  divide them by {repeat}. `modified_beam_search` works too (`--decoding-method`,
+  `max_active_paths`).
 - Offline only: this encoder has no streaming (chunked) export yet.
 """
 

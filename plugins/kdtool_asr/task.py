@@ -633,11 +633,19 @@ class AsrSupernetTask(Task):
                 enc_lens,
                 info,
                 beam=self.options.beam,
-                max_symbols=max_symbols or self.options.max_symbols_per_frame,
+                max_symbols=max_symbols or self._max_symbols(predictor.metadata),
             )
             refs += [it["text"] for it in items]
             hyps += [_detokenize(vocab, t) for t in tokens]
         return refs, hyps
+
+    def _max_symbols(self, metadata: dict[str, Any]) -> int:
+        """Symbols per frame for evaluation: the recipe's, unless the graphs already repeat
+        their frames (a sherpa-onnx export), whose metadata then says one per frame."""
+        post = metadata.get("postprocessing", {})
+        if post.get("frame_repeat"):
+            return int(post.get("max_symbols_per_frame", 1))
+        return self.options.max_symbols_per_frame
 
     # ------------------------------------------------------------ export
 
