@@ -58,6 +58,11 @@ def _export(run_dir: Path, **kw: Any) -> Any:
     return export_model(ExportRequest(run=run_dir, **kw), echo=lambda _m: None)
 
 
+@pytest.fixture(scope="module")
+def qad_export(run_dir: Path) -> Any:
+    return _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad")
+
+
 def test_fake_quant_round_trip_on_a_conv_net(tmp_path: Path) -> None:
     """Trace, fold, calibrate, perturb the learned scales, export: ORT equals PyTorch."""
     from torch import nn
@@ -102,8 +107,9 @@ def test_fake_quant_round_trip_on_a_conv_net(tmp_path: Path) -> None:
     assert np.abs(got - ref).max() <= 1e-4 * max(1.0, float(np.abs(ref).max()))
 
 
-def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path) -> None:
-    outcome = _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad")
+@pytest.mark.slow
+def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path, qad_export: Any) -> None:
+    outcome = qad_export
     m = outcome.manifest
     q = m["details"]["graphs"]["model"]["quantization"]
     assert "learned" in q["scales"] and q["qad_init_stage"] == "student"
@@ -129,8 +135,9 @@ def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path) -> None:
     assert abs(m["metric"]["drop"]) <= 0.02
 
 
-def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path) -> None:
-    qad = _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad2").manifest
+@pytest.mark.slow
+def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path, qad_export: Any) -> None:
+    qad = qad_export.manifest
     ptq = _export(run_dir, target="onnx-cpu-int8", model="student", out=run_dir / "exports" / "ptq").manifest
     assert qad["metric"]["artifact"] >= ptq["metric"]["artifact"] - 1e-9
     # the PTQ manifest says where the graph stays float, and `kdtool bench` prints it
@@ -145,6 +152,7 @@ def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path) -> None:
     assert any("QuantizeLinear" in n and "ops left in float" in n for n in row.notes)
 
 
+@pytest.mark.slow
 def test_fp32_export_of_a_qad_model_is_refused_clearly(run_dir: Path) -> None:
     with pytest.raises(ExportError, match="quantization-aware.*--precision int8"):
         _export(run_dir, target="onnx", out=run_dir / "exports" / "fp32")
