@@ -215,16 +215,18 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
 
 
 def time_interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 3) -> list[list[float]]:
-    """Wall times (ms) of several callables, called in turn so that load on the shared
-    machine hits each about equally."""
+    """Wall times (ms) of several callables, called in turn (order rotated every round) so that
+    load on the shared machine and cache effects hit each about equally."""
     for fn in fns:
         for _ in range(warmup):
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for r in range(repeats):
+        # rotate the order each round: the call right after another model's is measurably slower
+        for k in range(len(fns)):
+            i = (k + r) % len(fns)
             t0 = time.perf_counter()
-            fn()
+            fns[i]()
             times[i].append((time.perf_counter() - t0) * 1000)
     return times
 
@@ -293,8 +295,9 @@ def measure_case(
         kd_run = runner.graphs[graph.name]
         for batch in batches:
             x = _inputs(graph, batch)
+            # the hand-built session gets its own numpy copies (what an app would hold)
             feed = {
-                t.name: x[i].numpy().astype(np.int64 if t.dtype == "int64" else np.float32)
+                t.name: np.array(x[i].numpy(), dtype=np.int64 if t.dtype == "int64" else np.float32)
                 for i, t in enumerate(graph.inputs)
             }
             # same numbers from both sessions (same file)

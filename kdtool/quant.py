@@ -459,8 +459,16 @@ def prepare_stage_model(
 
     plan = trace_plan(model, run_all, activations=activations, exclude=[*hints, *exclude])
     if not plan["layers"]:
+        reached = any(m is model for g in graphs for m in g.module.modules())
+        why = (
+            "has no Conv/Linear layer to quantize"
+            if reached
+            else "is not what the task's export graph runs (the task exports a modified copy of it, e.g. a "
+            "4-channel stem sliced to RGB), so the fake quantizers cannot be placed where the export puts Q/DQ"
+        )
         raise RecipeError(
-            f"quantization-aware stage: model {model_name!r} has no Conv/Linear layer to quantize"
+            f"quantization-aware stage: model {model_name!r} {why}",
+            hint="use post-training INT8 (kdtool export --target onnx-cpu-int8) for this model",
         )
     apply_plan(model, plan)
     plan["calibration_samples"] = calibrate(model, [(lambda g=g, x=x: g.module(*x)) for g, x in samples])

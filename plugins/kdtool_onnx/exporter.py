@@ -794,12 +794,26 @@ def _session_callable(
     """A callable over torch tensors. A graph exported with a fixed batch N runs any batch:
     inputs are cut into chunks of N (the last padded by repeating its final sample)."""
 
-    def run_once(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        feed = {n: _to_numpy(x, d) for n, x, d in zip(names, inputs, dtypes, strict=True)}
-        return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
+    np_types = [_NP_DTYPES[d] for d in dtypes]
+    run_session = session.run
 
-    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return run_in_fixed_batches(run_once, inputs, static_batch)
+    def run_once(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        # per-call work kept to the feed conversion: this sits on every inference's path
+        feed = {}
+        for name, x, np_type in zip(names, inputs, np_types, strict=True):
+            array = x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
+            feed[name] = array if array.dtype == np_type else array.astype(np_type)
+        return tuple(torch.from_numpy(np.asarray(o)) for o in run_session(None, feed))
+
+    if static_batch is None:
+
+        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return run_once(inputs)
+
+    else:
+
+        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return run_in_fixed_batches(run_once, inputs, static_batch)
 
     return run
 

@@ -58,8 +58,58 @@ def _export(run_dir: Path, **kw: Any) -> Any:
     return export_model(ExportRequest(run=run_dir, **kw), echo=lambda _m: None)
 
 
-def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path) -> None:
-    outcome = _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad")
+@pytest.fixture(scope="module")
+def qad_export(run_dir: Path) -> Any:
+    return _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad")
+
+
+def test_fake_quant_round_trip_on_a_conv_net(tmp_path: Path) -> None:
+    """Trace, fold, calibrate, perturb the learned scales, export: ORT equals PyTorch."""
+    from torch import nn
+
+    from kdtool.quant import ActQuant, QuantLayer, apply_plan, calibrate, export_qdq, trace_plan
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.Conv2d(16, 16, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )  # fmt: skip
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    xs = [torch.randn(4, 3, 16, 16) for _ in range(4)]
+    plan = trace_plan(net, lambda: net(xs[0]), activations="u8", exclude=[])
+    assert plan["folded_batchnorms"] == {"1": "0", "4": "3"}
+    assert plan["quantized_activations"] == ["2", "5"]  # conv outputs quantized after their activation
+    assert plan["layers"]["3"]["shared_input"] == "2"  # one quantizer per tensor
+    assert plan["layers"]["6"]["quant_output"] and not plan["layers"]["9"]["quant_output"]
+    apply_plan(net, plan)
+    assert calibrate(net, [lambda x=x: net(x) for x in xs]) == 4
+    with torch.no_grad():  # scales as if learned: moved away from the calibrated ones
+        for q in net.modules():
+            if isinstance(q, ActQuant):
+                q.scale.mul_(0.8)
+    assert sum(isinstance(m, QuantLayer) for m in net.modules()) == 4
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    path = tmp_path / "m.onnx"
+    with export_qdq(net):
+        torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True)
+    graph = onnx.load(str(path)).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 3
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8) == 4  # the four layers' weights stored as int8 (besides zero points)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.slow
+def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path, qad_export: Any) -> None:
+    outcome = qad_export
     m = outcome.manifest
     q = m["details"]["graphs"]["model"]["quantization"]
     assert "learned" in q["scales"] and q["qad_init_stage"] == "student"
@@ -85,8 +135,9 @@ def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path) -> None:
     assert abs(m["metric"]["drop"]) <= 0.02
 
 
-def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path) -> None:
-    qad = _export(run_dir, target="onnx", precision="int8", out=run_dir / "exports" / "qad2").manifest
+@pytest.mark.slow
+def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path, qad_export: Any) -> None:
+    qad = qad_export.manifest
     ptq = _export(run_dir, target="onnx-cpu-int8", model="student", out=run_dir / "exports" / "ptq").manifest
     assert qad["metric"]["artifact"] >= ptq["metric"]["artifact"] - 1e-9
     # the PTQ manifest says where the graph stays float, and `kdtool bench` prints it
@@ -101,6 +152,7 @@ def test_qad_keeps_or_improves_int8_accuracy_versus_ptq(run_dir: Path) -> None:
     assert any("QuantizeLinear" in n and "ops left in float" in n for n in row.notes)
 
 
+@pytest.mark.slow
 def test_fp32_export_of_a_qad_model_is_refused_clearly(run_dir: Path) -> None:
     with pytest.raises(ExportError, match="quantization-aware.*--precision int8"):
         _export(run_dir, target="onnx", out=run_dir / "exports" / "fp32")
