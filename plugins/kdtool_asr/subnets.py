@@ -419,6 +419,11 @@ def register_subnets_command(app: typer.Typer) -> None:
                     "yes" if rel <= 0.05 else "no",
                 )
             console.print(versus)
+            if eval_limit is not None:
+                console.print(
+                    f"[yellow]note[/]: subnet WERs on the first {eval_limit} validation utterances "
+                    "(--eval-limit), the twins' on the whole validation set"
+                )
         console.print(f"Pareto plot: {plot}")
         if max_latency_ms is None and max_params is None:
             return
