@@ -64,15 +64,16 @@ def fit_seconds(entry: dict[str, Any]) -> float:
     return float(entry["train_seconds"]) - float(entry.get("eval_seconds") or 0.0)
 
 
-def equal_compute_recipe(recipe: Path, out: Path, factor: float) -> tuple[Path, list[str]]:
-    """The recipe with every twin stage's steps (and Eden's step constants) scaled by ``factor``."""
+def equal_compute_recipe(recipe: Path, out: Path, factor: float) -> tuple[Path, dict[str, str]]:
+    """The recipe with every twin stage's steps (and Eden's step constants) scaled by
+    ``factor``, and its twin stages by the named subnet they are the twin of."""
     data = yaml.safe_load(recipe.read_text())
-    twins = []
+    twins: dict[str, str] = {}
     for stage in data["stages"]:
         twin = (stage.get("options") or {}).get("twin")
         if not twin:
             continue
-        twins.append(stage["name"])
+        twins[str(twin["subnet"])] = stage["name"]
         stage["steps"] = max(1, round(stage["steps"] * factor))
         twin["check"] = False
         schedule = dict(stage.get("schedule") or {})
@@ -90,6 +91,19 @@ def equal_compute_recipe(recipe: Path, out: Path, factor: float) -> tuple[Path, 
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, twins
+
+
+def add_equal_compute(args: argparse.Namespace, row: dict[str, Any], sets: list[str]) -> None:
+    """Train the row's twins again with their steps scaled by its cost ratio; add their WERs."""
+    path, twins = equal_compute_recipe(args.recipe, args.runs_dir / "recipes", row["cost_ratio"])
+    eq = distill(path, args.runs_dir / f"seed{row['seed']}_equal", sets, only=list(twins.values()))
+    eq_models = json.loads((eq / "summary.json").read_text())["models"]
+    row["twins_equal_compute"] = {}
+    for label, name in twins.items():
+        if label in LABELS and name in eq_models:
+            row["twins_equal_compute"][label] = eq_models[name]["metrics"]["wer"]
+            row["seconds"][f"twin_{label}_equal_compute"] = round(fit_seconds(eq_models[name]), 1)
+            row.setdefault("equal_compute_steps", eq_models[name]["steps"])
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -157,6 +171,11 @@ def main() -> None:
         for path in args.combine:
             rows += json.loads(path.read_text())["rows"]
         args.seeds = [r["seed"] for r in rows]
+    if args.combine and args.equal_compute:
+        # the equal-compute twins of earlier rows that lack them (from the rows' cost ratios)
+        for row in rows:
+            if "twins_equal_compute" not in row and row.get("cost_ratio"):
+                add_equal_compute(args, row, [f"seed={row['seed']}", *args.sets])
     for seed in [] if args.combine else args.seeds:
         started = time.time()
         sets = [f"seed={seed}", *args.sets]
@@ -176,16 +195,7 @@ def main() -> None:
         row["params"] = {label: models[f"supernet-{label}"]["params"] for label in LABELS}
         row["cost_ratio"] = round(fit_seconds(models["supernet"]) / twin_fit, 3) if twin_fit else None
         if args.equal_compute and row["cost_ratio"]:
-            path, twins = equal_compute_recipe(args.recipe, args.runs_dir / "recipes", row["cost_ratio"])
-            eq = distill(path, args.runs_dir / f"seed{seed}_equal", sets, only=twins)
-            eq_models = json.loads((eq / "summary.json").read_text())["models"]
-            row["twins_equal_compute"] = {}
-            for label in LABELS:
-                name = models[f"supernet-{label}"].get("twin")
-                if name in eq_models:
-                    row["twins_equal_compute"][label] = eq_models[name]["metrics"]["wer"]
-                    row["seconds"][f"twin_{label}_equal_compute"] = round(fit_seconds(eq_models[name]), 1)
-                    row.setdefault("equal_compute_steps", eq_models[name]["steps"])
+            add_equal_compute(args, row, sets)
         row["wall_s"] = round(time.time() - started, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)

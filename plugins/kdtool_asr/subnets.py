@@ -400,6 +400,30 @@ def register_subnets_command(app: typer.Typer) -> None:
                 "*" if r["label"] in front else "",
             )
         console.print(table)
+        if twins:
+            by_label = {r["label"]: r for r in rows}
+            versus = Table(title="named subnets vs their twins (same architecture trained alone)")
+            for col in ("subnet", "WER %", "twin", "twin WER %", "relative", "within 5 %"):
+                versus.add_column(col)
+            for t in sorted(twins, key=lambda t: t["params"] or 0):
+                r = by_label.get(t["label"])
+                if r is None or t["wer"] is None:
+                    continue
+                rel = (r["wer"] - t["wer"]) / t["wer"] if t["wer"] > 0 else 0.0
+                versus.add_row(
+                    t["label"] + (f" ({named[t['label']]})" if t["label"] in named else ""),
+                    f"{100 * r['wer']:.2f}",
+                    t["name"],
+                    f"{100 * t['wer']:.2f}",
+                    f"{100 * rel:+.1f} %",
+                    "yes" if rel <= 0.05 else "no",
+                )
+            console.print(versus)
+            if eval_limit is not None:
+                console.print(
+                    f"[yellow]note[/]: subnet WERs on the first {eval_limit} validation utterances "
+                    "(--eval-limit), the twins' on the whole validation set"
+                )
         console.print(f"Pareto plot: {plot}")
         if max_latency_ms is None and max_params is None:
             return

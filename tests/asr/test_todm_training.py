@@ -173,3 +173,28 @@ def test_subnet_pick_and_its_stability_under_latency_noise() -> None:
     unstable = pick_stability(rows, 10.0, None)
     assert unstable["picks"] == {"q1": "mid", "median": "mid", "q3": "small"} and not unstable["stable"]
     assert quartiles([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 3.0, 4.0)
+
+
+def test_report_gain_compares_each_subnet_with_its_twin(tmp_path: Path) -> None:
+    from kdtool.report.collect import model_rows
+
+    def entry(role: str, wer: float, **extra: Any) -> dict[str, Any]:
+        return {"role": role, "arch": "asr_supernet_rnnt", "metrics": {"wer": wer}, **extra}
+
+    summary = {
+        "primary_metric": {"name": "wer", "higher_is_better": False},
+        "models": {
+            "supernet": entry("supernet", 0.20, compare_with="twin_largest"),
+            "twin_largest": entry("baseline", 0.25, baseline_for="supernet", twin_of="supernet-largest"),
+            "twin_smallest": entry("baseline", 0.30, baseline_for="supernet", twin_of="supernet-smallest"),
+            "supernet-largest": entry("subnet", 0.20, twin="twin_largest", compare_with="twin_largest"),
+            "supernet-smallest": entry("subnet", 0.33, twin="twin_smallest", compare_with="twin_smallest"),
+            "supernet-middle": entry("subnet", 0.22),
+        },
+    }
+    rows = {r.name: r for r in model_rows(summary, tmp_path)}
+    # like with like: not the 280k supernet against the smallest baseline (the last baseline listed)
+    assert rows["supernet"].gain_baseline == "twin_largest" and rows["supernet"].gain == pytest.approx(0.05)
+    assert rows["supernet-smallest"].gain_baseline == "twin_smallest"
+    assert rows["supernet-smallest"].gain == pytest.approx(-0.03)
+    assert rows["supernet-middle"].gain is None
