@@ -180,7 +180,8 @@ def test_trust_flag_allows_code_running_loads(monkeypatch: pytest.MonkeyPatch) -
     from kdtool.cli import main
     from kdtool.pt2 import TRUST_ENV, trusted
 
-    monkeypatch.delenv(TRUST_ENV, raising=False)
+    # setenv first so that monkeypatch records the variable and removes what main() sets
+    monkeypatch.setenv(TRUST_ENV, "")
+    monkeypatch.delenv(TRUST_ENV)
     assert main(["recipes", "list"]) == 0 and not trusted()
     assert main(["--trust", "recipes", "list"]) == 0 and trusted()
-    monkeypatch.delenv(TRUST_ENV, raising=False)
