@@ -43,8 +43,10 @@ calls the encoder on chunks of ``T = decode_chunk_len + pad_length`` frames with
 encoder's caches as extra inputs and outputs (``x``, ``cached_*`` -> ``encoder_out``,
 ``new_cached_*``), metadata naming ``model_type`` (``zipformer2``, ``conformer``, ``lstm``...)
 with ``decode_chunk_len``, ``T`` and each cache's shape. This encoder would need: (1) its S4D
-layers run as the diagonal recurrence, carrying each head's complex state (2 x heads x state
-size reals per layer) across chunks instead of the FFT convolution over the whole utterance;
+layers run as the diagonal recurrence x_k = exp(dt A) x_(k-1) + B u_k, carrying each channel's
+state_size / 2 complex modes (d x state_size reals per layer) across chunks, instead of the
+convolution over the whole utterance (a cache of the last ``kernel_frames`` inputs per layer
+would also work, at far more memory and compute);
 (2) the two stride-2 front convolutions (kernel 3, padding 1) made causal with a left cache of
 their last input frames; (3) the layer norms and feed-forwards are per-frame and need
 nothing; (4) training with chunked, causal masking so the model does not rely on the
