@@ -89,6 +89,7 @@ def main() -> int:
     # grid stage at the first one, which is itself trained as a plain baseline.
     data = copy.deepcopy(base)
     anchor = {**copy.deepcopy(stages[0]), "name": "anchor", "role": "teacher"}
+    anchor.pop("baseline_for", None)
     for stage in stages:
         stage["baseline_for"] = "anchor"
     data.update(stages=[anchor, *stages], deploy_model=None, seed=args.seed)
