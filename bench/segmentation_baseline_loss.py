@@ -35,16 +35,15 @@ VAL_OFFSET = 10_000_000  # where the task draws its validation scenes
 
 
 def carve_tune_split(train_samples: int, tune_size: int) -> None:
-    """Training scenes [0, n - k) train, scenes [n - k, n) are the tune set (``val``)."""
+    """Validation scenes are drawn from the training index range [n - k, n) (this process only);
+    the recipe is set to train on scenes [0, n - k) and to validate on k scenes."""
     from kdtool_segmentation import datasets as ds
 
     original = ds.SyntheticScenes.generate.__func__  # type: ignore[attr-defined]
 
     def carved(cls: type, seed: int, count: int, size: int, *, offset: int = 0, **kwargs: Any) -> Any:
-        if offset == 0:
-            return original(cls, seed, min(count, train_samples - tune_size), size, offset=0, **kwargs)
         if offset == VAL_OFFSET:
-            return original(cls, seed, tune_size, size, offset=train_samples - tune_size, **kwargs)
+            offset = train_samples - tune_size
         return original(cls, seed, count, size, offset=offset, **kwargs)
 
     ds.SyntheticScenes.generate = classmethod(carved)  # type: ignore[assignment]
@@ -88,7 +87,9 @@ def main() -> int:
     # A baseline stage needs the student it controls: keep the recipe's stages out, point each
     # grid stage at the first one, which is itself trained as a plain baseline.
     data = copy.deepcopy(base)
+    data["data"]["synthetic"].update(train_samples=train_samples - args.tune_size, val_samples=args.tune_size)
     anchor = {**copy.deepcopy(stages[0]), "name": "anchor", "role": "teacher"}
+    anchor.pop("baseline_for", None)
     for stage in stages:
         stage["baseline_for"] = "anchor"
     data.update(stages=[anchor, *stages], deploy_model=None, seed=args.seed)
