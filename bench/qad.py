@@ -82,9 +82,12 @@ def qad_recipe(
     return data, deploy
 
 
-def measure(recipe: dict[str, Any], student: str, seconds: float) -> dict[str, Any]:
+def measure(recipe: dict[str, Any], student: str, seconds: float, run: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    run_dir = Engine(recipe_from_dict(recipe), DistillOptions(progress=False, echo=lambda _m: None)).run()
+    if run is None:
+        run_dir = Engine(recipe_from_dict(recipe), DistillOptions(progress=False, echo=lambda _m: None)).run()
+    else:  # a finished run of this recipe (its stages are not rerun)
+        run_dir = run
     assert isinstance(run_dir, Path)
     out: dict[str, Any] = {"train_seconds": time.perf_counter() - start, "run": str(run_dir)}
     for name, (target, precision, options, model) in VARIANTS.items():
@@ -137,6 +140,9 @@ def main() -> int:
         "--set", nargs="*", default=[], help="recipe overrides KEY=VALUE (e.g. stages.1.steps=300)"
     )
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--run", type=Path, help="measure this finished run (one recipe, one seed) without training"
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/qad_bench"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "qad.json")
     args = parser.parse_args()
@@ -152,7 +158,7 @@ def main() -> int:
         per_seed = {}
         for seed in args.seeds:
             recipe, student = qad_recipe(path, seed, args.runs_dir, args.qad_steps, overrides)
-            per_seed[seed] = measure(recipe, student, args.seconds)
+            per_seed[seed] = measure(recipe, student, args.seconds, args.run)
             print(
                 f"{name} seed {seed}: {json.dumps({k: v.get('metric') for k, v in per_seed[seed].items() if isinstance(v, dict)})}",
                 flush=True,

@@ -66,18 +66,28 @@ class ActQuant(nn.Module):
         self.register_buffer("observed", torch.tensor([float("inf"), float("-inf")]))
         self.observing = False
         self.frozen: tuple[float, int] | None = None  # python numbers while exporting
+        # After ReLU / ReLU6 (set by QuantAfter): the range starts at 0 and, for ReLU6, ends at 6
+        # at most, so that ONNX Runtime folds the Relu/Clip into the quantization and fuses the
+        # conv before it into an integer kernel (a wider learned range would keep it float).
+        self.nonnegative = False
+        self.max_scale: float | None = None
 
     def set_range(self, lo: float, hi: float) -> None:
         """Scale and zero point from a real range (which always includes 0), as ORT's quantizer."""
         lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if self.nonnegative:
+            lo = 0.0
         scale = (hi - lo) / (self.qmax - self.qmin) if hi > lo else 1.0
+        if self.max_scale is not None:
+            scale = min(scale, self.max_scale)
         zp = round(self.qmin - lo / scale)
         with torch.no_grad():
             self.scale.fill_(scale)
             self.zero_point.fill_(float(min(max(zp, self.qmin), self.qmax)))
 
     def qparams(self) -> tuple[float, int]:
-        return float(self.scale.detach().abs().clamp_min(1e-8)), int(self.zero_point.item())
+        scale = self.scale.detach().abs().clamp(min=1e-8, max=self.max_scale)
+        return float(scale), int(self.zero_point.item())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
@@ -96,7 +106,7 @@ class ActQuant(nn.Module):
         if not self.training:
             scale, zp = self.qparams()
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, self.qmin, self.qmax)
-        scale = self.scale.abs().clamp_min(1e-8)
+        scale = self.scale.abs().clamp(min=1e-8, max=self.max_scale)
         # LSQ gradient scaling (1/sqrt(numel * qmax)) keeps the scale's step size comparable to weights'.
         grad_factor = 1.0 / float((x.numel() * self.qmax) ** 0.5) if self.qmax > 0 else 1.0
         return torch._fake_quantize_learnable_per_tensor_affine(
@@ -204,6 +214,14 @@ class QuantAfter(nn.Module):
         super().__init__()
         self.module = module
         self.act_out = ActQuant(activations)
+        bounded = (
+            isinstance(module, (nn.ReLU6, nn.Hardtanh)) and float(getattr(module, "min_val", 0.0)) == 0.0
+        )
+        if isinstance(module, nn.ReLU) or bounded:
+            self.act_out.nonnegative = True
+        if bounded:
+            top = 6.0 if isinstance(module, nn.ReLU6) else float(module.max_val)
+            self.act_out.max_scale = top / (self.act_out.qmax - self.act_out.qmin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act_out(self.module(x))

@@ -608,6 +608,10 @@ class LandmarksTask(Task):
             from safetensors.torch import load_file
 
             net = factory(**config.get("options", {}))
+            if config.get("quantization_aware"):  # a QAD stage: its fake quantizers, then its weights
+                from kdtool.quant import apply_plan
+
+                apply_plan(net, config["quantization_aware"], fold=False)
             net.load_state_dict(load_file(str(run_dir / entry["weights"])))
             net.eval()
             predictor = self.predictor(net, stage, "cpu")

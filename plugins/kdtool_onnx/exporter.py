@@ -489,6 +489,18 @@ class _Reader:
 
 
 def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode: str) -> dict[str, Any]:
+    """INT8 with ONNX Runtime's quantizer, run in a scratch working directory: for large
+    models its shape inference and calibration write temporary files (``<uuid>.data``,
+    ``sym_shape_infer_temp.onnx``, tens of MB) into the current directory."""
+    import contextlib
+    import tempfile
+
+    src, dst = src.resolve(), dst.resolve()
+    with tempfile.TemporaryDirectory(prefix="kdtool-quant-") as scratch, contextlib.chdir(scratch):
+        return _quantize(graph, src, dst, options, mode)
+
+
+def _quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode: str) -> dict[str, Any]:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
