@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,6 +56,10 @@ def act_range(activations: str) -> tuple[int, int, torch.dtype]:
 
 class ActQuant(nn.Module):
     """Per-tensor asymmetric fake quantizer with a learnable scale (LSQ+)."""
+
+    # buffers (registered in __init__; declared here for type checkers)
+    zero_point: torch.Tensor
+    observed: torch.Tensor
 
     def __init__(self, activations: str = "u8") -> None:
         super().__init__()
@@ -106,11 +110,11 @@ class ActQuant(nn.Module):
         if not self.training:
             scale, zp = self.qparams()
             return torch.fake_quantize_per_tensor_affine(x, scale, zp, self.qmin, self.qmax)
-        scale = self.scale.abs().clamp(min=1e-8, max=self.max_scale)
+        learned_scale = self.scale.abs().clamp(min=1e-8, max=self.max_scale)
         # LSQ gradient scaling (1/sqrt(numel * qmax)) keeps the scale's step size comparable to weights'.
         grad_factor = 1.0 / float((x.numel() * self.qmax) ** 0.5) if self.qmax > 0 else 1.0
         return torch._fake_quantize_learnable_per_tensor_affine(
-            x, scale, self.zero_point, self.qmin, self.qmax, grad_factor
+            x, learned_scale, self.zero_point, self.qmin, self.qmax, grad_factor
         )
 
 
@@ -137,12 +141,16 @@ class QuantLayer(nn.Module):
     """A Conv1d/Conv2d/Linear with fake-quantized input, weight and bias, and an optional
     fake-quantized output. Parameter names (``weight``, ``bias``) are the layer's own."""
 
+    layer: nn.Conv1d | nn.Conv2d | nn.Linear
+    _shared_in: ActQuant | None  # set with object.__setattr__ (not registered as a submodule)
+
     def __init__(
         self, layer: nn.Module, activations: str, quant_output: bool, shared_input: ActQuant | None = None
     ) -> None:
         super().__init__()
         self.kind = type(layer).__name__
-        self.layer = layer
+        # only the layer types in _LAYERS are wrapped (see trace_plan / apply_plan)
+        self.layer = cast("nn.Conv1d | nn.Conv2d | nn.Linear", layer)
         # None: the input arrives quantized by ``shared_input`` (another module's output quantizer,
         # held without registering it twice)
         self.act_in = ActQuant(activations) if shared_input is None else None
@@ -220,7 +228,7 @@ class QuantAfter(nn.Module):
         if isinstance(module, nn.ReLU) or bounded:
             self.act_out.nonnegative = True
         if bounded:
-            top = 6.0 if isinstance(module, nn.ReLU6) else float(module.max_val)
+            top = 6.0 if isinstance(module, nn.ReLU6) else float(cast(nn.Hardtanh, module).max_val)
             self.act_out.max_scale = top / (self.act_out.qmax - self.act_out.qmin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

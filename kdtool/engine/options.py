@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kdtool.errors import RecipeError
 from kdtool.recipe import LoadedRecipe, _line_of, validate_section
@@ -177,4 +177,7 @@ def check_stage_options(loaded: LoadedRecipe, task: Any) -> None:
     for i, stage in enumerate(loaded.recipe.stages):
         model = model_for(stage)
         if model is not None:
-            validate_section(loaded, model, ("stages", i, "options"), stage.options)
+            # the int list index is needed to locate the YAML line; validate_section's
+            # ``tuple[str, ...]`` is narrower than the ``tuple[Any, ...]`` prefix it forwards to
+            section = cast("tuple[str, ...]", ("stages", i, "options"))
+            validate_section(loaded, model, section, stage.options)
