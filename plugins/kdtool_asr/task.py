@@ -220,6 +220,10 @@ class SlicedKernelConv(KernelConv):
         self.length = conv.length
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D, L)
+        if torch.jit.is_tracing():
+            # a traced graph (coremltools' trace frontend, ONNX's TorchScript fallback) cannot
+            # hold the length-dependent slice below: use the full kernel (same output)
+            return super().forward(x)
         frames = x.shape[-1]
         # beyond max_frames the kernel's further taps are zero (as KernelConv treats them)
         weight = F.pad(self.weight, (torch.sym_max(frames - self.length, 0), 0))

@@ -48,7 +48,9 @@ def valid_frames(image: torch.Tensor) -> torch.Tensor:
     inked = image.detach().abs().amax(dim=(1, 2)) > 0  # (N, W)
     position = torch.arange(1, width + 1, device=image.device)
     last = (position[None, :] * inked.long()).amax(dim=1)  # 0 for a blank line
-    return torch.div(last + FRAME_STRIDE - 1, FRAME_STRIDE, rounding_mode="floor").clamp_min(1)
+    frames = torch.div(last + FRAME_STRIDE - 1, FRAME_STRIDE, rounding_mode="floor")
+    # maximum, not clamp_min: coremltools cannot convert clamp_min
+    return torch.maximum(frames, torch.ones_like(frames))
 
 
 def column_mask(frames: torch.Tensor, width: int, per_frame: int) -> torch.Tensor:
@@ -86,7 +88,7 @@ class SqueezeExcitation(nn.Module):
         else:
             m = mask[:, None, None, :].to(x.dtype)
             count = m.sum(dim=(2, 3)) * x.shape[2]
-            s = (x * m).sum(dim=(2, 3)) / count.clamp_min(1.0)
+            s = (x * m).sum(dim=(2, 3)) / torch.maximum(count, torch.ones_like(count))
         s = torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
         return x * s[:, :, None, None]
 

@@ -7,6 +7,7 @@ long. Marked slow (a tiny training run, four exports)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +149,19 @@ def test_predict_on_real_audio_through_sherpa_onnx_and_onnx_runtime(run_dir: Pat
     sf.write(empty, np.zeros(0, np.float32), 16000)
     long = folder / "long.wav"  # the tiny recipe's max_duration is 5 s
     sf.write(long, np.tile(audio, int(6.5 * 16000 / audio.size) + 1)[: int(6.5 * 16000)], 16000)
+    # (predict_files reports a bad input as an error entry and goes on with the others; the
+    # task's own reader raises the DataError that entry carries)
+    cases = [(corrupt, r"cannot read audio file .*corrupt\.wav"), (short, r"ten_samples\.wav is too short")]
+    cases += [(empty, "empty"), (long, "at most")]
     for directory in (sherpa_dir, onnx_dir):
-        with pytest.raises(DataError, match="cannot read audio file .*corrupt.wav"):
-            runtime.predict_files(directory, [corrupt])
-        with pytest.raises(DataError, match="ten_samples.wav is too short"):
-            runtime.predict_files(directory, [short])
-        with pytest.raises(DataError, match="empty"):
-            runtime.predict_files(directory, [empty])
-        with pytest.raises(DataError, match="at most"):
-            runtime.predict_files(directory, [long])
+        results = runtime.predict_files(
+            directory, [path for path, _ in cases] + [stereo], out_dir=folder / "p"
+        )
+        for (path, pattern), result in zip(cases, results, strict=False):
+            assert result["input"] == str(path) and re.search(pattern, result["error"]), result
+        assert "error" not in results[-1] and results[-1]["text"] == by_sherpa[0]["text"]
+    with pytest.raises(DataError, match="cannot read audio file .*corrupt.wav"):
+        AsrSupernetTask.predict_files(ort_same, meta, [corrupt], folder)
     # one frame of audio decodes on ONNX Runtime (the encoder input is padded to its minimum)
     tiny = folder / "one_frame.wav"
     sf.write(tiny, audio[:200], 16000)
