@@ -53,7 +53,11 @@ def study(
     from kdtool.io import read_json
 
     result = read_json(path / "study.json", what="study")
-    console.print(console_table(result))
+    # Piped to a file, rich would cut the table to 80 columns: print it at full width.
+    from rich.console import Console
+
+    table_console = console if console.is_terminal else Console(width=1000, highlight=False)
+    table_console.print(console_table(result))
     for p in result["pairs"]:
         console.print(f"{p['student']} vs {p['baseline']}: {p['verdict']}", markup=False)
     console.print(f"study: {path / 'study.json'}, report: {path / 'study.html'}", markup=False)

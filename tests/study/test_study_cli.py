@@ -35,8 +35,13 @@ def _study(tmp_path: Path, *extra: str) -> int:
 
 
 @pytest.mark.slow
-def test_study_writes_paired_statistics_and_resumes_only_unfinished_seeds(tmp_path: Path) -> None:
+def test_study_writes_paired_statistics_and_resumes_only_unfinished_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert _study(tmp_path) == 0
+    printed = capsys.readouterr().out
+    # not a terminal: the table is printed at full width, no cell cut to "…"
+    assert "baseline_student" in printed and "…" not in printed
     (study_dir,) = (tmp_path / "runs" / "image_classification").glob("study-*")
     study = json.loads((study_dir / "study.json").read_text())
     assert study["recipe"] == "image_classification"
