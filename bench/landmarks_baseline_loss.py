@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from kdtool.engine.trainer import DistillOptions, Engine
+from kdtool.io import write_json
 from kdtool.recipe import recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,9 +160,7 @@ def main() -> int:
         "winner": best,
         "wall_seconds": round(wall, 1),
     }
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)  # atomic, creates the folder
     print(f"wrote {args.out}")
     return 0
 
