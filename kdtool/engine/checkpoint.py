@@ -150,3 +150,54 @@ def load_checkpoint(
         best_step=trainer["best_step"],
         train_seconds=trainer["train_seconds"],
     )
+
+
+@dataclass
+class StageCheckpointer:
+    """Saves and resumes one stage's checkpoints under ``directory`` (``checkpoints/<stage>``):
+    the model, the loss modules' state, optimizer, scheduler, scaler, RNG and :class:`TrainerState`.
+    ``on_saved(step, path)`` is called after each save (the ``on_checkpoint_saved`` hook);
+    only the main process (``is_main``) writes."""
+
+    directory: Path
+    model: nn.Module
+    losses: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    keep_last: int
+    is_main: bool = True
+    on_saved: Any = None
+
+    def resume(self) -> tuple[TrainerState, Path] | None:
+        """Load the latest checkpoint into the objects (and the global RNG) and return its
+        state and path, or ``None`` when the stage has none."""
+        path = latest_checkpoint(self.directory)
+        if path is None:
+            return None
+        state = load_checkpoint(
+            path,
+            model=self.model,
+            losses=self.losses,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+        )
+        return state, path
+
+    def save(self, state: TrainerState) -> Path | None:
+        if not self.is_main:
+            return None
+        path = save_checkpoint(
+            self.directory,
+            model=self.model,
+            losses=self.losses,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            state=state,
+            keep_last=self.keep_last,
+        )
+        if self.on_saved is not None:
+            self.on_saved(state.step, path)
+        return path

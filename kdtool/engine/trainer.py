@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdtool import __version__
 from kdtool.data import EpochSampler
 from kdtool.engine import distributed as kdist
-from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from kdtool.engine.checkpoint import StageCheckpointer, TrainerState
 from kdtool.engine.context import StepContext, TeacherCache
 from kdtool.engine.device import check_precision, resolve_device
+from kdtool.engine.evaluation import StageEvaluator, evaluate_isolated
 from kdtool.engine.options import check_component_options
 from kdtool.engine.progress import StageProgress
 from kdtool.engine.rundir import (
@@ -47,7 +48,8 @@ from kdtool.engine.rundir import (
     write_summary,
 )
 from kdtool.engine.stagehash import plan_resume, stage_hashes
-from kdtool.errors import RecipeError, RunError, TrainingError
+from kdtool.engine.step import training_step
+from kdtool.errors import RecipeError, RunError
 from kdtool.io import load_weights, read_json, save_weights, write_json
 from kdtool.plugins import PluginManager, Registries, get_plugin_manager
 from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef, validate_section
@@ -70,6 +72,65 @@ class DistillOptions:
 class BuiltModel:
     module: nn.Module
     config: dict[str, Any]
+
+
+@dataclass
+class StageSetup:
+    """What a stage's training loop needs, built by :meth:`Engine._set_up_stage`."""
+
+    built: BuiltModel
+    model: nn.Module
+    teachers: dict[str, nn.Module]
+    losses: nn.ModuleDict
+    train_set: Dataset[Any]
+    sampler: EpochSampler
+    loader: DataLoader[Any]
+    per_rank: int
+    steps_per_epoch: int
+    total_steps: int
+    params: list[nn.Parameter]
+    loss_params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    cache: TeacherCache | None
+    ctx: StepContext
+    grad_accum: int
+
+    def epoch_iterator(self, epoch: int, within: int) -> Iterator[Any]:
+        """A fresh iterator over ``epoch``, starting ``within`` optimizer steps into it."""
+        self.sampler.set_epoch(epoch, start=within * self.per_rank * self.grad_accum)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        return iter(self.loader)
+
+
+@dataclass
+class _LossWindow:
+    """Running means of the loss terms and the sample rate between two train-log records."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+    samples: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, terms: dict[str, float]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+
+    def flush(self, log: MetricsLog | None, record: dict[str, Any], lr: float) -> float:
+        """Append the window's record to ``log`` (when given), start a new window; returns samples/s."""
+        elapsed = time.perf_counter() - self.start
+        rate = self.samples / elapsed if elapsed > 0 else 0.0
+        if log is not None:
+            record.update({f"loss/{k}": v / self.count for k, v in self.sums.items()})
+            record["lr"] = lr
+            record["samples_per_s"] = rate
+            log.append(record)
+        self.sums, self.count, self.samples = {}, 0, 0
+        self.start = time.perf_counter()
+        return rate
 
 
 def count_params(module: nn.Module) -> int:
@@ -144,7 +205,7 @@ def load_run_model(
 
 
 def load_teacher(
-    ref: TeacherRef, *, task: Task, registries: Registries, run_dir: Path, loaded: LoadedRecipe
+    ref: TeacherRef, *, task: Task, registries: Registries, run_dir: Path, loaded: LoadedRecipe | None = None
 ) -> nn.Module:
     if ref.stage is not None:
         cfg_path = run_dir / "models" / f"{ref.stage}.json"
@@ -175,6 +236,30 @@ def load_teacher(
             f"teacher {ref.name!r}: {ref.checkpoint} does not fit architecture {ref.arch!r}: {exc}"
         ) from None
     return built.module
+
+
+def load_stage_teachers(
+    stage: StageConfig,
+    *,
+    task: Task,
+    registries: Registries,
+    run_dir: Path,
+    loaded: LoadedRecipe | None,
+    device: torch.device | str = "cpu",
+    load: Callable[[TeacherRef], nn.Module] | None = None,
+) -> dict[str, nn.Module]:
+    """The stage's teachers by name: loaded (``load``, default :func:`load_teacher`), moved to
+    ``device``, frozen in eval mode and accepted by the task's ``check_teacher``."""
+    teachers: dict[str, nn.Module] = {}
+    for ref in stage.teachers:
+        if load is not None:
+            teacher = load(ref)
+        else:
+            teacher = load_teacher(ref, task=task, registries=registries, run_dir=run_dir, loaded=loaded)
+        teacher.to(device).eval().requires_grad_(False)
+        task.check_teacher(stage, ref.name, teacher)
+        teachers[ref.name] = teacher
+    return teachers
 
 
 def init_stage_model(task: Task, run_dir: Path, stage: StageConfig, built: BuiltModel) -> BuiltModel:
@@ -463,10 +548,112 @@ class Engine:
     # ------------------------------------------------------------ one stage
 
     def _train_stage(self, run_dir: Path, index: int, stage: StageConfig) -> None:
+        """Set up, resume if asked, train step by step (logging, evaluating and checkpointing
+        on the recipe's intervals), then keep the best or last weights."""
+        recipe, dist_info = self.recipe, self.dist
+        s = self._set_up_stage(run_dir, index, stage)
+        metrics_log = MetricsLog(
+            run_dir / "metrics.jsonl", tensorboard=recipe.logging.tensorboard and dist_info.is_main
+        )
+        checkpointer = StageCheckpointer(
+            run_dir / "checkpoints" / stage.name,
+            model=s.model,
+            losses=s.losses,
+            optimizer=s.optimizer,
+            scheduler=s.scheduler,
+            scaler=s.scaler,
+            keep_last=recipe.checkpoint.keep_last,
+            is_main=dist_info.is_main,
+            on_saved=lambda step, path: self.manager.notify(
+                "on_checkpoint_saved", run_dir=run_dir, stage=stage.name, step=step, path=path
+            ),
+        )
+        state = TrainerState(step=0, epoch=0, best_metric=None, best_step=None, train_seconds=0.0)
+        resumed = checkpointer.resume() if self.opts.resume else None
+        if resumed is not None:
+            state, ckpt = resumed
+            self.echo(
+                f"stage {stage.name}: resuming from {ckpt.relative_to(run_dir)} (step {state.step}/{s.total_steps})"
+            )
+            if dist_info.is_main:
+                metrics_log.truncate_after(stage.name, state.step)
+        train_model = self._wrap_distributed(s.model)
+        models_view: dict[str, nn.Module] = {stage.model: train_model, **s.teachers}
+        if dist_info.is_main:
+            self.manager.notify(
+                "on_stage_start", run_dir=run_dir, stage=stage.name, recipe=recipe.model_dump(mode="json")
+            )
+        self.echo(
+            f"stage {stage.name} ({stage.role}): model {stage.model} ({s.built.config['arch']}), "
+            f"{count_params(s.model):,} parameters, {s.total_steps} steps of batch {stage.batch_size}"
+            + (f", teachers {', '.join(s.teachers)}" if s.teachers else "")
+        )
+        metric = self.task.primary_metric
+        evaluator = StageEvaluator(
+            task=self.task,
+            stage=stage,
+            model=s.model,
+            device=self.device,
+            state=state,
+            metrics_log=metrics_log,
+            best_path=run_dir / "models" / f".{stage.name}.best.safetensors",
+            tune_size=self._tune_size,
+            is_main=dist_info.is_main,
+        )
+
+        s.model.train()
+        progress = self._stage_progress(stage, s.total_steps, state.step)
+        window = _LossWindow()
+        stage_start = time.perf_counter() - state.train_seconds
+        data_iter: Iterator[Any] | None = None
+        with progress:
+            while state.step < s.total_steps:
+                epoch, within = divmod(state.step, s.steps_per_epoch)
+                if data_iter is None or within == 0:
+                    state.epoch = epoch
+                    data_iter = s.epoch_iterator(epoch, within)
+                s.ctx.begin_step(seed=recipe.seed + index, step=state.step, epoch=epoch)
+                step_terms = self._optimizer_step(
+                    s, stage, train_model, models_view, data_iter, state.step, window
+                )
+                state.step += 1
+                window.add(step_terms)
+                progress.update(state.step, step_terms["total"])
+                if state.step % recipe.logging.every_steps == 0 or state.step == s.total_steps:
+                    rate = window.flush(
+                        metrics_log if dist_info.is_main else None,
+                        {"stage": stage.name, "step": state.step, "epoch": epoch, "split": "train"},
+                        s.optimizer.param_groups[0]["lr"],
+                    )
+                    progress.set_rate(rate)
+                end_of_epoch = state.step % s.steps_per_epoch == 0
+                wants_eval = (
+                    state.step % stage.eval_every_steps == 0 if stage.eval_every_steps else end_of_epoch
+                ) or state.step == s.total_steps
+                if wants_eval:
+                    last_eval = evaluator(state.step)
+                    if last_eval:
+                        progress.set_metric(metric.name, last_eval[metric.name])
+                state.train_seconds = time.perf_counter() - stage_start
+                every = recipe.checkpoint.every_steps
+                # every_steps: 0 checkpoints only at the end of the stage
+                if (every and (state.step % every == 0 or end_of_epoch)) or state.step == s.total_steps:
+                    checkpointer.save(state)
+
+        last_eval = evaluator.final()
+        if dist_info.is_main:
+            self._finish_stage(
+                run_dir, stage, s.model, s.built, last_eval, state, s.teachers, evaluator.best_path, s.cache,
+                evaluator.seconds,
+            )  # fmt: skip
+        kdist.barrier(self.dist)
+
+    def _set_up_stage(self, run_dir: Path, index: int, stage: StageConfig) -> StageSetup:
+        """Everything a stage's loop needs: the model (initial weights depend on the seed and
+        the model's name only, so a student and its baseline start alike), frozen teachers,
+        loss modules, the data loader, optimizer, schedule, scaler, teacher cache and step context."""
         recipe, task, dist_info, device = self.recipe, self.task, self.dist, self.device
 
-        # Initial weights depend on (seed, model name) only, so a student and its baseline start
-        # from the same weights; the training stream is left as it was.
         def initial(name: str) -> BuiltModel:
             if name not in recipe.models:
                 raise RecipeError(
@@ -482,14 +669,9 @@ class Engine:
         with torch.random.fork_rng(devices=[]):
             built = init_stage_model(task, run_dir, stage, built)
         model = built.module.to(device)
-        teachers: dict[str, nn.Module] = {}
-        for ref in stage.teachers:
-            teacher = load_teacher(
-                ref, task=task, registries=self.registries, run_dir=run_dir, loaded=self.loaded
-            )
-            teacher.to(device).eval().requires_grad_(False)
-            task.check_teacher(stage, ref.name, teacher)
-            teachers[ref.name] = teacher
+        teachers = load_stage_teachers(
+            stage, task=task, registries=self.registries, run_dir=run_dir, loaded=self.loaded, device=device
+        )
         losses = build_losses(stage, self.registries).to(device)
 
         train_set = self._dataset("train")
@@ -545,18 +727,7 @@ class Engine:
             **stage.schedule.options,
         )
         scaler = torch.amp.GradScaler("cuda") if recipe.precision == "fp16-mixed" else None
-
-        cache: TeacherCache | None = None
-        if stage.teacher_cache:
-            if not stage.teachers:
-                raise RecipeError(f"stage {stage.name!r}: teacher_cache is on but the stage has no teachers")
-            if not task.teacher_cache_safe(stage):
-                raise RecipeError(
-                    f"stage {stage.name!r}: teacher_cache is on, but task {task.name!r} says the teacher's outputs "
-                    f"are not fixed per sample in this stage (random augmentation or noise reaches the teacher)",
-                    hint="turn teacher_cache off, or remove the augmentation/noise the teacher sees",
-                )
-            cache = TeacherCache()
+        cache = self._teacher_cache(stage)
 
         def teacher_fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
             return task.teacher_outputs(stage, teachers, batch)
@@ -573,202 +744,74 @@ class Engine:
             world_size=dist_info.world_size,
         )
         ctx.total_steps = total_steps
+        return StageSetup(
+            built=built, model=model, teachers=teachers, losses=losses, train_set=train_set, sampler=sampler,
+            loader=loader, per_rank=per_rank, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+            params=params, loss_params=loss_params, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            cache=cache, ctx=ctx, grad_accum=stage.grad_accum,
+        )  # fmt: skip
 
-        stage_ckpt_dir = run_dir / "checkpoints" / stage.name
-        metrics_log = MetricsLog(
-            run_dir / "metrics.jsonl", tensorboard=recipe.logging.tensorboard and dist_info.is_main
+    def _teacher_cache(self, stage: StageConfig) -> TeacherCache | None:
+        if not stage.teacher_cache:
+            return None
+        if not stage.teachers:
+            raise RecipeError(f"stage {stage.name!r}: teacher_cache is on but the stage has no teachers")
+        if not self.task.teacher_cache_safe(stage):
+            raise RecipeError(
+                f"stage {stage.name!r}: teacher_cache is on, but task {self.task.name!r} says the teacher's outputs "
+                f"are not fixed per sample in this stage (random augmentation or noise reaches the teacher)",
+                hint="turn teacher_cache off, or remove the augmentation/noise the teacher sees",
+            )
+        return TeacherCache()
+
+    def _wrap_distributed(self, model: nn.Module) -> nn.Module:
+        """The module the loop trains: ``model`` itself, or a DDP wrapper (with SyncBatchNorm)."""
+        if not self.dist.enabled:
+            return model
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None
         )
-        state = TrainerState(step=0, epoch=0, best_metric=None, best_step=None, train_seconds=0.0)
-        ckpt = latest_checkpoint(stage_ckpt_dir) if self.opts.resume else None
-        if ckpt is not None:
-            state = load_checkpoint(
-                ckpt, model=model, losses=losses, optimizer=optimizer, scheduler=scheduler, scaler=scaler
-            )
-            self.echo(
-                f"stage {stage.name}: resuming from {ckpt.relative_to(run_dir)} (step {state.step}/{total_steps})"
-            )
-            if dist_info.is_main:
-                metrics_log.truncate_after(stage.name, state.step)
 
-        if dist_info.enabled:
-            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            train_model: nn.Module = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+    def _optimizer_step(
+        self,
+        s: StageSetup,
+        stage: StageConfig,
+        train_model: nn.Module,
+        models_view: dict[str, nn.Module],
+        data_iter: Iterator[Any],
+        step: int,
+        window: _LossWindow,
+    ) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the step's mean terms."""
+        dist_info = self.dist
+        s.optimizer.zero_grad(set_to_none=True)
+        step_terms: dict[str, float] = {}
+        for micro in range(stage.grad_accum):
+            batch = s.ctx.to_device(next(data_iter))
+            last_micro = micro == stage.grad_accum - 1
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if not last_micro and dist_info.enabled:
+                sync = train_model.no_sync()  # type: ignore[operator]
+            with sync:
+                terms, total = training_step(self.task, stage, models_view, batch, s.ctx, step)
+            for k, term_value in terms.items():
+                step_terms[k] = step_terms.get(k, 0.0) + float(term_value.detach()) / stage.grad_accum
+            step_terms["total"] = step_terms.get("total", 0.0) + float(total.detach()) / stage.grad_accum
+            window.samples += _batch_len(batch) * dist_info.world_size
+        kdist.all_reduce_grads(dist_info, s.loss_params)
+        if s.scaler is not None:
+            s.scaler.unscale_(s.optimizer)
+        if stage.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(s.params + s.loss_params, stage.grad_clip)
+        if s.scaler is not None:
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
         else:
-            train_model = model
-        models_view: dict[str, nn.Module] = {stage.model: train_model, **teachers}
-
-        if dist_info.is_main:
-            self.manager.notify(
-                "on_stage_start", run_dir=run_dir, stage=stage.name, recipe=recipe.model_dump(mode="json")
-            )
-        n_params = count_params(model)
-        self.echo(
-            f"stage {stage.name} ({stage.role}): model {stage.model} ({built.config['arch']}), {n_params:,} parameters, "
-            f"{total_steps} steps of batch {stage.batch_size}"
-            + (f", teachers {', '.join(teachers)}" if teachers else "")
-        )
-        metric = task.primary_metric
-        best_path = run_dir / "models" / f".{stage.name}.best.safetensors"
-        last_eval: dict[str, float] = {}
-        eval_at_step = -1
-
-        eval_seconds = 0.0
-
-        def evaluate(step: int) -> dict[str, float]:
-            nonlocal eval_at_step, eval_seconds
-            eval_at_step = step
-            if not dist_info.is_main:
-                return {}
-            started = time.perf_counter()
-            model.eval()
-            # Evaluation may draw random numbers (e.g. label noise); keep training's stream intact.
-            np_state = np.random.get_state()
-            py_state = random.getstate()
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                result = task.evaluate(task.predictor(model, stage.name, device), "val")
-            np.random.set_state(np_state)
-            random.setstate(py_state)
-            model.train()
-            if metric.name not in result:
-                raise TrainingError(
-                    f"task {task.name!r} evaluate() did not return its primary metric {metric.name!r}"
-                )
-            if stage.keep == "best" and self._tune_size():
-                # Select on the tune split; the validation split is only reported.
-                tune = self._evaluate_tune(model, stage)
-                metrics_log.append(
-                    {"stage": stage.name, "step": step, "epoch": state.epoch, "split": "tune", **tune}
-                )
-                result_for_selection = tune
-            else:
-                result_for_selection = result
-            value = float(result_for_selection[metric.name])
-            improved = state.best_metric is None or (
-                value > state.best_metric if metric.higher_is_better else value < state.best_metric
-            )
-            if improved and stage.keep == "best":
-                state.best_metric, state.best_step = value, step
-                save_weights(model, best_path)
-            metrics_log.append(
-                {"stage": stage.name, "step": step, "epoch": state.epoch, "split": "val", **result}
-            )
-            eval_seconds += time.perf_counter() - started
-            return result
-
-        def checkpoint() -> None:
-            if not dist_info.is_main:
-                return
-            path = save_checkpoint(
-                stage_ckpt_dir,
-                model=model,
-                losses=losses,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                state=state,
-                keep_last=recipe.checkpoint.keep_last,
-            )
-            self.manager.notify(
-                "on_checkpoint_saved", run_dir=run_dir, stage=stage.name, step=state.step, path=path
-            )
-
-        model.train()
-        progress = self._stage_progress(stage, total_steps, state.step)
-        log_every = recipe.logging.every_steps
-        window_samples = 0
-        window_start = time.perf_counter()
-        running: dict[str, float] = {}
-        running_count = 0
-        stage_start = time.perf_counter() - state.train_seconds
-        data_iter: Iterator[Any] | None = None
-        with progress:
-            while state.step < total_steps:
-                epoch, within = divmod(state.step, steps_per_epoch)
-                if data_iter is None or within == 0:
-                    state.epoch = epoch
-                    sampler.set_epoch(epoch, start=within * per_rank * stage.grad_accum)
-                    if hasattr(train_set, "set_epoch"):
-                        train_set.set_epoch(epoch)
-                    data_iter = iter(loader)
-                ctx.begin_step(seed=recipe.seed + index, step=state.step, epoch=epoch)
-                optimizer.zero_grad(set_to_none=True)
-                step_terms: dict[str, float] = {}
-                for micro in range(stage.grad_accum):
-                    batch = ctx.to_device(next(data_iter))
-                    last_micro = micro == stage.grad_accum - 1
-                    sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-                    if not last_micro and dist_info.enabled:
-                        sync = train_model.no_sync()  # type: ignore[operator]
-                    with sync:
-                        ctx.backward_calls = 0
-                        with ctx.autocast():
-                            terms = task.training_step(stage, models_view, batch, ctx)
-                        total = _weighted_total(stage, terms, state.step)
-                        if ctx.backward_calls == 0:
-                            ctx.backward(total)
-                    for k, term_value in terms.items():
-                        step_terms[k] = step_terms.get(k, 0.0) + float(term_value.detach()) / stage.grad_accum
-                    step_terms["total"] = (
-                        step_terms.get("total", 0.0) + float(total.detach()) / stage.grad_accum
-                    )
-                    window_samples += _batch_len(batch) * dist_info.world_size
-                kdist.all_reduce_grads(dist_info, loss_params)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if stage.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params + loss_params, stage.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                state.step += 1
-                for k, v in step_terms.items():
-                    running[k] = running.get(k, 0.0) + v
-                running_count += 1
-                progress.update(state.step, step_terms["total"])
-                if state.step % log_every == 0 or state.step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_samples / elapsed if elapsed > 0 else 0.0
-                    if dist_info.is_main:
-                        record: dict[str, Any] = {
-                            "stage": stage.name,
-                            "step": state.step,
-                            "epoch": epoch,
-                            "split": "train",
-                        }
-                        record.update({f"loss/{k}": v / running_count for k, v in running.items()})
-                        record["lr"] = optimizer.param_groups[0]["lr"]
-                        record["samples_per_s"] = rate
-                        metrics_log.append(record)
-                    progress.set_rate(rate)
-                    running, running_count, window_samples = {}, 0, 0
-                    window_start = time.perf_counter()
-                end_of_epoch = state.step % steps_per_epoch == 0
-                wants_eval = (
-                    state.step % stage.eval_every_steps == 0 if stage.eval_every_steps else end_of_epoch
-                ) or state.step == total_steps
-                if wants_eval:
-                    last_eval = evaluate(state.step)
-                    if last_eval:
-                        progress.set_metric(metric.name, last_eval[metric.name])
-                state.train_seconds = time.perf_counter() - stage_start
-                every = recipe.checkpoint.every_steps
-                # every_steps: 0 checkpoints only at the end of the stage
-                if (every and (state.step % every == 0 or end_of_epoch)) or state.step == total_steps:
-                    checkpoint()
-
-        if eval_at_step != state.step:
-            last_eval = evaluate(state.step)
-        if dist_info.is_main:
-            self._finish_stage(
-                run_dir, stage, model, built, last_eval, state, teachers, best_path, cache, eval_seconds
-            )
-        kdist.barrier(self.dist)
+            s.optimizer.step()
+        s.scheduler.step()
+        return step_terms
 
     def _finish_stage(
         self,
@@ -794,7 +837,7 @@ class Engine:
             best_path.unlink()
             kept = f"best (step {state.best_step}" + (", selected on tune)" if self._tune_size() else ")")
             if state.best_step != state.step:
-                final_metrics = self._evaluate_model(model, stage)
+                final_metrics = evaluate_isolated(self.task, model, stage.name, self.device, "val")
         else:
             save_weights(model, weights)
         config = {**built.config, "stage": stage.name, "role": stage.role, "recipe_hash": self.recipe.hash()}
@@ -852,39 +895,6 @@ class Engine:
             return subset
         base = range(len(self._dataset("train"))) if subset is None else subset  # type: ignore[arg-type]
         return [i for i in base if i >= tune]
-
-    def _evaluate_tune(self, model: nn.Module, stage: StageConfig) -> dict[str, float]:
-        """The task's metrics on the tune split (training's random streams left intact)."""
-        np_state, py_state = np.random.get_state(), random.getstate()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            result = self.task.evaluate(
-                self.task.predictor(model, stage.name, self.device), "train", limit=self._tune_size()
-            )
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-        model.train()
-        return result
-
-    def _evaluate_model(self, model: nn.Module, stage: StageConfig) -> dict[str, float]:
-        model.eval()
-        with torch.random.fork_rng(devices=[]):
-            return self.task.evaluate(self.task.predictor(model, stage.name, self.device), "val")
-
-
-def _weighted_total(stage: StageConfig, terms: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-    if not terms:
-        raise TrainingError(f"stage {stage.name!r}: the task's training_step returned no loss terms")
-    total: torch.Tensor | None = None
-    for name, value in terms.items():
-        if not torch.isfinite(value.detach()).all():
-            raise TrainingError(
-                f"stage {stage.name!r}, step {step}: loss term {name!r} is {float(value.detach().float().mean())}",
-                hint="lower the learning rate or enable grad_clip; the last good checkpoint is kept (resume with --resume)",
-            )
-        weighted = value.float() * stage.loss_weight(name)
-        total = weighted if total is None else total + weighted
-    assert total is not None
-    return total
 
 
 def _batch_len(batch: Any) -> int:
