@@ -460,22 +460,12 @@ def check_target(profile: Any, *, registries: Any = None) -> ConformanceReport:
 # =========================================================================== exporters
 
 
-class _ReferenceNet(nn.Module):
-    """A small convolutional classifier: conv, batch norm, ReLU, pooling, linear head."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, classes))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(image))
-
-
 def reference_spec(seed: int = 0) -> ExportSpec:
     """A self-contained export spec (no run, no data): one graph with a dynamic batch axis."""
+    from kdtool.testing_ref import ReferenceNet
+
     torch.manual_seed(seed)
-    module = _ReferenceNet().eval()
+    module = ReferenceNet().eval()
 
     def calibration(n: int) -> Iterator[tuple[torch.Tensor, ...]]:
         g = torch.Generator().manual_seed(seed + 1)
@@ -504,31 +494,23 @@ def reference_spec(seed: int = 0) -> ExportSpec:
 _REFERENCE_RUNS: dict[Path, Path] = {}
 
 
-def make_reference_run(directory: Path) -> Path:
-    """A finished one-stage ``image_classification`` run on the bundled digits (a few seconds):
-    what ``check_exporter`` exports through the real export driver."""
+def make_reference_run(directory: Path, manager: Any = None) -> Path:
+    """A finished one-stage run of the kit's own reference task (:mod:`kdtool.testing_ref`,
+    synthetic 8x8 images, a couple of seconds): what ``check_exporter`` exports through the
+    real export driver. Needs no built-in plugin."""
     from kdtool.engine.trainer import DistillOptions, Engine
+    from kdtool.plugins import get_plugin_manager
     from kdtool.recipe import recipe_from_dict
+    from kdtool.testing_ref import reference_recipe, with_reference_task
 
     directory = Path(directory)
     if directory in _REFERENCE_RUNS and (_REFERENCE_RUNS[directory] / "summary.json").exists():
         return _REFERENCE_RUNS[directory]
-    recipe = {
-        "name": "conformance",
-        "task": {"name": "image_classification"},
-        "seed": 0,
-        "device": "cpu",
-        "runs_dir": str(directory / "runs"),
-        "data": {"source": "digits", "image_size": 8, "augment": False},
-        "models": {"model": {"arch": "cls_cnn", "options": {"base": 4, "stages": 1}}},
-        "stages": [
-            {"name": "model", "model": "model", "role": "teacher", "steps": 4, "batch_size": 16,
-             "optimizer": {"name": "adamw", "lr": 0.01}},
-        ],
-        "checkpoint": {"every_steps": 0, "keep_last": 1},
-        "logging": {"every_steps": 2, "progress": False},
-    }  # fmt: skip
-    run = Engine(recipe_from_dict(recipe), DistillOptions(progress=False, echo=lambda _m: None)).run()
+    recipe = reference_recipe(str(directory / "runs"))
+    manager = with_reference_task(manager or get_plugin_manager())
+    run = Engine(
+        recipe_from_dict(recipe), DistillOptions(progress=False, echo=lambda _m: None), manager
+    ).run()
     assert isinstance(run, Path)
     _REFERENCE_RUNS[directory] = run
     return run
@@ -549,8 +531,9 @@ def check_exporter(
 ) -> ConformanceReport:
     """An exporter declares valid capabilities, exports a small reference model to files that
     exist, verifies them (parity that passes, or says what it could not check), and, through
-    the real export driver on a tiny digits run, writes a valid ``manifest.json`` and loads back
-    as a runner whose outputs match PyTorch at every ``test_sizes`` shape.
+    the real export driver on the kit's own tiny reference run (:mod:`kdtool.testing_ref`),
+    writes a valid ``manifest.json`` and loads back as a runner whose outputs match PyTorch at
+    every ``test_sizes`` shape.
 
     ``exporter``: the class, an instance, or a registered name. ``options``: exporter options
     (``--opt``) for both exports. Needs no GPU: an exporter that cannot build here is skipped.
@@ -732,9 +715,12 @@ def _check_through_driver(
     from kdtool.errors import ExportError
     from kdtool.export.driver import ExportRequest, RunContext, export_model
     from kdtool.export.exporter import ArtifactRunner, compare_outputs
+    from kdtool.plugins import get_plugin_manager
     from kdtool.task import Predictor
+    from kdtool.testing_ref import with_reference_task
 
-    run = make_reference_run(work / "reference")
+    manager = with_reference_task(manager or get_plugin_manager())
+    run = make_reference_run(work / "reference", manager)
     request = ExportRequest(
         run=run,
         target=caps.name,
@@ -747,7 +733,7 @@ def _check_through_driver(
         outcome = export_model(request, manager=manager, echo=lambda _m: None)
     except ExportError as exc:
         raise c.fail(
-            "driver", f"`kdtool export --target {caps.name}` failed on a tiny digits run: {exc}"
+            "driver", f"`kdtool export --target {caps.name}` failed on the kit's reference run: {exc}"
         ) from exc
     except Exception as exc:
         raise c.fail(
@@ -907,7 +893,9 @@ def check_task(
     outputs. Teachers of later stages are the (one-step) models of earlier stages.
     """
     from kdtool.engine.context import StepContext
-    from kdtool.engine.trainer import build_losses, build_model
+    from kdtool.engine.evaluation import isolated_rng
+    from kdtool.engine.step import compute_terms, weighted_total
+    from kdtool.engine.trainer import build_losses, build_model, load_stage_teachers
     from kdtool.plugins import get_registries
     from kdtool.recipe import LoadedRecipe, ModelConfig, load_recipe, recipe_from_dict, validate_section
     from kdtool.task import Predictor, PrimaryMetric, Task
@@ -1065,21 +1053,31 @@ def check_task(
                 f"{where}: rebuilding {cfg.arch!r} from config.json options gives other weight shapes",
                 "model_options must return every option the data decides (classes, points, vocabulary size)",
             )
-            teachers: dict[str, nn.Module] = {}
-            for ref in stage.teachers:
+
+            def kit_teacher(ref: Any, _where: str = where) -> nn.Module:
                 if ref.stage is not None:
-                    teacher = trained[ref.stage]
-                elif ref.arch is not None:
-                    teacher = build_model(
+                    return trained[ref.stage]
+                if ref.arch is not None:
+                    c.note(f"{_where}: teacher {ref.name!r} from a checkpoint is checked with random weights")
+                    return build_model(
                         instance, regs, ref.name, ModelConfig(arch=ref.arch, options=ref.options)
                     ).module
-                    c.note(f"{where}: teacher {ref.name!r} from a checkpoint is checked with random weights")
-                else:
-                    raise ConformanceSkip(
-                        f"{where}: teacher {ref.name!r} comes from another run; use a self-contained recipe"
-                    )
-                teacher.eval().requires_grad_(False)
-                teachers[ref.name] = teacher
+                raise ConformanceSkip(
+                    f"{_where}: teacher {ref.name!r} comes from another run; use a self-contained recipe"
+                )
+
+            # the engine's own teacher preparation: frozen, eval mode, accepted by check_teacher
+            teachers = c.call(
+                "teachers",
+                f"{where}: loading its teachers",
+                load_stage_teachers,
+                stage,
+                task=instance,
+                registries=regs,
+                run_dir=Path(workdir or "."),
+                loaded=None,
+                load=kit_teacher,
+            )
             losses = c.call("losses", f"{where}: building its losses", build_losses, stage, regs)
             train = datasets["train"]
             if hasattr(train, "set_epoch"):
@@ -1111,7 +1109,8 @@ def check_task(
             terms = c.call(
                 "training_step",
                 f"{where}: training_step",
-                instance.training_step,
+                compute_terms,
+                instance,
                 stage,
                 {stage.model: model, **teachers},
                 batch,
@@ -1121,7 +1120,15 @@ def check_task(
             # detached terms for logging; otherwise the engine back-propagates their weighted sum.
             _check_terms(c, where, stage, terms, differentiable=ctx.backward_calls == 0)
             if ctx.backward_calls == 0:
-                total = sum(v.float() * stage.loss_weight(k) for k, v in terms.items())
+                # the engine's weighted sum, with its check for NaN/inf terms
+                total = c.call(
+                    "training_step",
+                    f"{where}: the weighted sum of the losses",
+                    weighted_total,
+                    stage,
+                    terms,
+                    0,
+                )
                 c.call(
                     "training_step",
                     f"{where}: back-propagating the weighted sum of the losses",
@@ -1166,7 +1173,7 @@ def check_task(
                 f"predictor() returned {_type_name(predictor)}",
                 "",
             )
-            with torch.random.fork_rng(devices=[]):
+            with isolated_rng():  # the engine's evaluation isolation
                 metrics = c.call(
                     "evaluate",
                     f"{where}: evaluate(predictor, 'val', limit={eval_limit})",

@@ -628,7 +628,7 @@ def test_plugin_is_installed_and_registers_the_exporter() -> None:
 
 
 def test_exporter_passes_the_conformance_kit() -> None:
-    # Exports a reference model, verifies it, then exports a tiny digits run through the
+    # Exports a reference model, verifies it, then exports the kit's tiny reference run through the
     # real export driver and loads the artifact back (about half a minute on a laptop).
     check_exporter(${cls}Exporter)
 
