@@ -65,7 +65,7 @@ def _stage(**kw: Any) -> StageConfig:
 def test_weighted_total_weights_terms_and_refuses_nan_and_inf() -> None:
     stage = _stage()
     total = weighted_total(stage, {"ce": torch.tensor(2.0), "kd": torch.tensor(3.0)}, step=0)
-    assert float(total) == pytest.approx(0.5 * 2.0 + 2.0 * 3.0)
+    assert float(total.detach()) == pytest.approx(0.5 * 2.0 + 2.0 * 3.0)
     for bad in (float("nan"), float("inf")):
         with pytest.raises(TrainingError, match=r"stage 's', step 7: loss term 'kd' is"):
             weighted_total(stage, {"ce": torch.tensor(1.0), "kd": torch.tensor(bad)}, step=7)
@@ -114,7 +114,7 @@ def test_training_step_backpropagates_the_weighted_total_and_stops_on_nan() -> N
     ctx.begin_step(seed=0, step=0, epoch=0)
     terms, total = training_step(_LinearTask(), stage, {"m": model}, torch.ones(2, 3), ctx, step=0)
     assert set(terms) == {"ce", "kd"}
-    assert float(total) == pytest.approx(0.5 * float(terms["ce"]) + 2.0 * float(terms["kd"]))
+    assert float(total.detach()) == pytest.approx(0.5 * float(terms["ce"]) + 2.0 * float(terms["kd"]))
     assert model.weight.grad is not None and bool(model.weight.grad.abs().sum() > 0)
     model.zero_grad()
     with pytest.raises(TrainingError, match="step 4: loss term 'ce' is nan"):
@@ -190,11 +190,12 @@ def test_evaluation_does_not_perturb_the_training_rng_stream(tmp_path: Path) -> 
     evaluator = _evaluator(tmp_path, _LinearTask(), model, state)
     got = [_draws()]
     evaluator(1)
+    assert model.training  # the evaluator hands the model back in train mode
     got.append(_draws())
     assert evaluate_isolated(evaluator.task, model, "s", "cpu", "val")["score"] == 2.0  # type: ignore[arg-type]
     got += [_draws(), _draws()]
     assert got == expected
-    assert model.training  # the evaluator hands the model back in train mode
+    assert not model.training  # evaluate_isolated leaves it in eval mode
 
 
 def test_stage_evaluator_keeps_the_best_and_logs(tmp_path: Path) -> None:
