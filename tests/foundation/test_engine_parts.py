@@ -114,7 +114,9 @@ def test_training_step_backpropagates_the_weighted_total_and_stops_on_nan() -> N
     ctx.begin_step(seed=0, step=0, epoch=0)
     terms, total = training_step(_LinearTask(), stage, {"m": model}, torch.ones(2, 3), ctx, step=0)
     assert set(terms) == {"ce", "kd"}
-    assert float(total.detach()) == pytest.approx(0.5 * float(terms["ce"]) + 2.0 * float(terms["kd"]))
+    assert float(total.detach()) == pytest.approx(
+        0.5 * float(terms["ce"].detach()) + 2.0 * float(terms["kd"].detach())
+    )
     assert model.weight.grad is not None and bool(model.weight.grad.abs().sum() > 0)
     model.zero_grad()
     with pytest.raises(TrainingError, match="step 4: loss term 'ce' is nan"):
