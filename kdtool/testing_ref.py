@@ -9,6 +9,7 @@ kit builds (:func:`with_reference_task`), never in ``kdtool plugins``.
 from __future__ import annotations
 
 import types
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -83,7 +84,7 @@ class ReferenceTask(Task):
         return {"classes": len(LABELS), **options}
 
     def training_step(
-        self, stage: StageConfig, models: dict[str, nn.Module], batch: dict[str, Any], ctx: StepContext
+        self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: StepContext
     ) -> dict[str, torch.Tensor]:
         return {"ce": F.cross_entropy(models[stage.model](batch["image"]), batch["label"])}
 

@@ -23,7 +23,7 @@ from kdtool.engine.rundir import MetricsLog
 from kdtool.errors import TrainingError
 from kdtool.io import save_weights
 from kdtool.recipe import StageConfig
-from kdtool.task import Task
+from kdtool.task import Split, Task
 
 
 @contextlib.contextmanager
@@ -51,7 +51,7 @@ def evaluate_isolated(
     model: nn.Module,
     stage_name: str,
     device: torch.device | str,
-    split: str,
+    split: Split,
     limit: int | None = None,
 ) -> dict[str, float]:
     """The task's metrics of ``model`` on ``split`` (``limit`` samples), in eval mode, with

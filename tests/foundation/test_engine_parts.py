@@ -112,7 +112,7 @@ def test_training_step_backpropagates_the_weighted_total_and_stops_on_nan() -> N
     stage = _stage()
     ctx = _ctx()
     ctx.begin_step(seed=0, step=0, epoch=0)
-    terms, total = training_step(_LinearTask(), stage, {"m": model}, torch.ones(2, 3), ctx, step=0)
+    terms, total = training_step(_LinearTask(), stage, {"m": model}, torch.ones(2, 3), ctx, step=0)  # type: ignore[arg-type]
     assert set(terms) == {"ce", "kd"}
     assert float(total.detach()) == pytest.approx(
         0.5 * float(terms["ce"].detach()) + 2.0 * float(terms["kd"].detach())
@@ -120,7 +120,7 @@ def test_training_step_backpropagates_the_weighted_total_and_stops_on_nan() -> N
     assert model.weight.grad is not None and bool(model.weight.grad.abs().sum() > 0)
     model.zero_grad()
     with pytest.raises(TrainingError, match="step 4: loss term 'ce' is nan"):
-        training_step(_LinearTask(float("nan")), stage, {"m": model}, torch.ones(2, 3), ctx, step=4)
+        training_step(_LinearTask(float("nan")), stage, {"m": model}, torch.ones(2, 3), ctx, step=4)  # type: ignore[arg-type]
     assert model.weight.grad is None  # nothing was back-propagated
 
 
