@@ -69,7 +69,14 @@ from pydantic import Field
 from torch import nn
 
 from kdtool.errors import ExportError
-from kdtool.export.exporter import Artifact, ArtifactRunner, Capabilities, ExportContext, ExporterOptions
+from kdtool.export.exporter import (
+    Artifact,
+    ArtifactRunner,
+    Capabilities,
+    ExportContext,
+    ExporterOptions,
+    StandIn,
+)
 from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.io import write_text
@@ -229,6 +236,15 @@ class SherpaExporter(OnnxExporter):
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
         options = SherpaOptions.model_validate(manifest.get("options", {}))
         return load_recognizer(directory, manifest.get("metadata", {}), options)
+
+    def stand_in(self, directory: Path, manifest: dict[str, Any], options: ExporterOptions) -> StandIn | None:
+        """sherpa-onnx decodes whole utterances (no per-graph callables), and may be missing:
+        the driver compares the three graphs with PyTorch in ONNX Runtime instead."""
+        return StandIn(
+            runner=OnnxExporter().load(directory, manifest),
+            description="onnxruntime (the encoder, decoder and joiner graphs sherpa-onnx loads)",
+            precision=options.precision,
+        )
 
     def versions(self) -> dict[str, str]:
         out = super().versions()
