@@ -162,11 +162,8 @@ def load_onnx_runner(
 def embed_metadata(path: Path, spec: ExportSpec, graph: GraphSpec) -> None:
     """Write kdtool's metadata (version, task, model, graph, deploy metadata, labels or
     vocabulary) into the ONNX file's ``metadata_props``."""
-    import onnx
-
     from kdtool import __version__
 
-    model = onnx.load(str(path))
     props = {
         "kdtool_version": __version__,
         "task": spec.task,
@@ -178,6 +175,14 @@ def embed_metadata(path: Path, spec: ExportSpec, graph: GraphSpec) -> None:
         props["labels"] = json.dumps(spec.metadata.labels)
     if spec.metadata.vocabulary:
         props["vocabulary"] = json.dumps(spec.metadata.vocabulary)
+    set_onnx_metadata(path, props, producer="kdtool")
+
+
+def set_onnx_metadata(path: Path, props: Mapping[str, str], *, producer: str | None = None) -> None:
+    """Add or replace entries of an ONNX file's ``metadata_props`` (and its producer name)."""
+    import onnx
+
+    model = onnx.load(str(path))
     existing = {p.key: p for p in model.metadata_props}
     for key, value in props.items():
         if key in existing:
@@ -185,7 +190,8 @@ def embed_metadata(path: Path, spec: ExportSpec, graph: GraphSpec) -> None:
         else:
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
-    model.producer_name = "kdtool"
+    if producer is not None:
+        model.producer_name = producer
     onnx.save(model, str(path))
 
 
@@ -300,39 +306,24 @@ def export_onnx(
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
+                names = {"input_names": in_names, "output_names": out_names}
                 if which == "dynamo":
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        input_names=in_names,
-                        output_names=out_names,
-                        opset_version=opset,
-                        dynamo=True,
-                        external_data=False,
-                        dynamic_shapes=None
-                        if static or not graph.dynamic_axes
-                        else _dynamic_shapes(graph, static),
-                        verbose=False,
+                    dynamic_shapes = (
+                        None if static or not graph.dynamic_axes else _dynamic_shapes(graph, static)
                     )
+                    torch.onnx.export(
+                        module, args, str(path), **names, opset_version=opset, dynamo=True,
+                        external_data=False, dynamic_shapes=dynamic_shapes, verbose=False,
+                    )  # fmt: skip
                 else:
                     dynamic_axes = None
                     if not static:
-                        dynamic_axes = {
-                            t.name: t.dynamic_axes()
-                            for t in [*graph.inputs, *graph.outputs]
-                            if t.dynamic_axes()
-                        }
+                        tensors = [*graph.inputs, *graph.outputs]
+                        dynamic_axes = {t.name: t.dynamic_axes() for t in tensors if t.dynamic_axes()}
                     torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        input_names=in_names,
-                        output_names=out_names,
-                        opset_version=min(opset, 20),
-                        dynamo=False,
+                        module, args, str(path), **names, opset_version=min(opset, 20), dynamo=False,
                         dynamic_axes=dynamic_axes,
-                    )
+                    )  # fmt: skip
             onnx.checker.check_model(str(path))
             if not static:
                 problem = check_dynamic_axes(graph, path)
@@ -397,21 +388,3 @@ def check_dynamic_axes(graph: GraphSpec, path: Path) -> str | None:
             if tuple(r.shape) != tuple(g.shape):
                 return f"output shape {tuple(g.shape)} != PyTorch {tuple(r.shape)} at sizes {sizes} (a dynamic axis was fixed)"
     return None
-
-
-__all__ = [
-    "NP_DTYPES",
-    "CalibrationReader",
-    "check_dynamic_axes",
-    "cleanup",
-    "convert_fp16",
-    "embed_metadata",
-    "export_onnx",
-    "load_onnx_runner",
-    "make_session",
-    "op_histogram",
-    "probe_sizes",
-    "run_session",
-    "session_callable",
-    "to_numpy",
-]

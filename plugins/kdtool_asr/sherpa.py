@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnx
 import torch
 from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 from pydantic import Field
@@ -77,6 +76,7 @@ from kdtool.export.exporter import (
     ExporterOptions,
     StandIn,
 )
+from kdtool.export.onnx_utils import set_onnx_metadata
 from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.io import write_text
@@ -299,15 +299,7 @@ def tokens_txt(vocab: Sequence[str]) -> str:
 
 def set_metadata(path: Path, props: dict[str, str]) -> None:
     """Add or replace ONNX model metadata entries (what sherpa-onnx's loaders read)."""
-    model = onnx.load(str(path))
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-    onnx.save(model, str(path))
+    set_onnx_metadata(path, props)
 
 
 # --------------------------------------------------------------------------- runner

@@ -42,6 +42,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kdtool.errors import ExportError
+from kdtool.export import onnx_utils
 from kdtool.export.exporter import (
     Artifact,
     ArtifactRunner,
@@ -51,14 +52,6 @@ from kdtool.export.exporter import (
     ExporterOptions,
     ParityPlan,
     StandIn,
-)
-from kdtool.export.onnx_utils import (
-    cleanup,
-    convert_fp16,
-    embed_metadata,
-    export_onnx,
-    load_onnx_runner,
-    op_histogram,
 )
 from kdtool.export.spec import DynamicAxis, ExportSpec, GraphSpec
 from kdtool.export.verify import tolerance_for
@@ -159,8 +152,8 @@ class TensorRTExporter(Exporter):
         source_onnx: dict[str, Path] = {}
         for graph in spec.graphs:
             source = source_dir / f"{'model' if len(spec.graphs) == 1 else graph.name}.onnx"
-            export_onnx(graph, source, opset=options.opset, static=False, target=ctx.target)
-            cleanup(source)
+            onnx_utils.export_onnx(graph, source, opset=options.opset, static=False, target=ctx.target)
+            onnx_utils.cleanup(source)
             source_onnx[graph.name] = source
         axes, axis_notes = plan.resolve_axes(
             spec.graphs,
@@ -195,8 +188,8 @@ class TensorRTExporter(Exporter):
                 final = out_dir / f"{name}.trt.onnx"
                 info = prepare_onnx(graph, source_onnx[graph.name], final, options, Path(work))
                 notes += info.pop("notes", [])
-                embed_metadata(final, spec, graph)
-                info["ops"] = op_histogram(final)
+                onnx_utils.embed_metadata(final, spec, graph)
+                info["ops"] = onnx_utils.op_histogram(final)
                 info["onnx"] = final.name
                 info["source_onnx"] = str(source_onnx[graph.name].relative_to(out_dir))
                 profiles = plan.input_profiles(graph, axes)
@@ -381,7 +374,7 @@ class TensorRTExporter(Exporter):
             return None
         built = details.get("engine", {}).get("built")
         return StandIn(
-            runner=load_onnx_runner(files, manifest, graph_optimization="basic"),
+            runner=onnx_utils.load_onnx_runner(files, manifest, graph_optimization="basic"),
             description="onnxruntime (TensorRT-ready ONNX"
             + ("" if built else "; no engine built here")
             + ")",
@@ -552,7 +545,7 @@ def prepare_onnx(
         info["typing"] = "fp32 graph" + (" + FP16 builder flag" if precision == "fp16" else "")
     elif precision == "fp16":
         converted = work / f"{graph.name}.fp16.onnx"
-        convert_fp16(sanitized, converted)
+        onnx_utils.convert_fp16(sanitized, converted)
         onnx_prep.sanitize(converted, final, fold=False)
         info["typing"] = "fp16 graph with fp32 inputs and outputs (strongly typed)"
     else:

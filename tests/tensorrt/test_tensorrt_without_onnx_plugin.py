@@ -11,11 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from kdtool.engine.trainer import DistillOptions, Engine
-from kdtool.recipe import load_recipe
-from tests.helpers import tiny_recipe, write_recipe
+from tests.tensorrt.test_tensorrt_export import run_dir  # noqa: F401  (module-scoped fixture)
 
 # Runs the CLI with every import of kdtool_onnx refused, then says which modules were loaded.
 _SCRIPT = """
@@ -38,21 +34,7 @@ sys.exit(code or 0)
 """
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("trt-no-onnx")
-    recipe = tiny_recipe(tmp / "runs")
-    recipe["models"]["student"] = {"arch": "cls_cnn", "options": {"base": 8, "stages": 2}}
-    recipe["stages"] = recipe["stages"][:2]
-    recipe["stages"][0]["steps"] = 10
-    recipe["stages"][1]["steps"] = 20
-    path = write_recipe(tmp / "r.yaml", recipe)
-    result = Engine(load_recipe(path), DistillOptions(progress=False, echo=lambda _m: None)).run()
-    assert isinstance(result, Path)
-    return result
-
-
-def test_tensorrt_export_works_with_the_onnx_plugin_blocked(run_dir: Path, tmp_path: Path) -> None:
+def test_tensorrt_export_works_with_the_onnx_plugin_blocked(run_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "trt"
     env = {**os.environ, "KDTOOL_DISABLE_PLUGINS": "onnx", "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(
