@@ -306,7 +306,7 @@ def export_onnx(
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                names = {"input_names": in_names, "output_names": out_names}
+                names: dict[str, Any] = {"input_names": in_names, "output_names": out_names}
                 if which == "dynamo":
                     dynamic_shapes = (
                         None if static or not graph.dynamic_axes else _dynamic_shapes(graph, static)
