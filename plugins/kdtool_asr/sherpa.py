@@ -76,7 +76,7 @@ from kdtool.export.exporter import (
     ExporterOptions,
     StandIn,
 )
-from kdtool.export.onnx_utils import set_onnx_metadata
+from kdtool.export.onnx_utils import load_onnx_runner, set_onnx_metadata
 from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.io import write_text
@@ -240,8 +240,9 @@ class SherpaExporter(OnnxExporter):
     def stand_in(self, directory: Path, manifest: dict[str, Any], options: ExporterOptions) -> StandIn | None:
         """sherpa-onnx decodes whole utterances (no per-graph callables), and may be missing:
         the driver compares the three graphs with PyTorch in ONNX Runtime instead."""
+        files = {name: directory / info["file"] for name, info in manifest["graphs"].items()}
         return StandIn(
-            runner=OnnxExporter().load(directory, manifest),
+            runner=load_onnx_runner(files, manifest, options=options),
             description="onnxruntime (the encoder, decoder and joiner graphs sherpa-onnx loads)",
             precision=options.precision,
         )
