@@ -16,14 +16,16 @@ from __future__ import annotations
 import platform
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from kdtool.errors import ExportError
 from kdtool.export.spec import ExportSpec
 from kdtool.task import Predictor
 
@@ -203,7 +205,39 @@ class ExportContext:
 
 
 class ArtifactRunner(Predictor):
-    """A loaded artifact that runs: the same interface as a PyTorch predictor."""
+    """A loaded artifact that runs: the same interface as a PyTorch predictor (positional CPU
+    tensors per graph), and :meth:`run_named` for named numpy inputs and outputs."""
+
+    def __init__(
+        self,
+        graphs: Mapping[str, Callable[..., tuple[torch.Tensor, ...]]],
+        *,
+        kind: str,
+        input_names: Mapping[str, list[str]] | None = None,
+        output_names: Mapping[str, list[str]] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(graphs, kind=kind, input_names=input_names, metadata=metadata)
+        self.output_names = dict(output_names or {})
+
+    def run_named(self, feed: Mapping[str, Any], *, graph: str | None = None) -> dict[str, np.ndarray]:
+        """Run one graph on named arrays (``{"image": array}``) and return named numpy outputs
+        (``output_<i>`` where the runner does not know the names)."""
+        if graph is None:
+            if len(self.graphs) != 1:
+                raise ExportError(f"the artifact has graphs {sorted(self.graphs)}; pass graph=NAME")
+            graph = next(iter(self.graphs))
+        if graph not in self.graphs:
+            raise ExportError(f"the artifact has no graph {graph!r}; graphs: {sorted(self.graphs)}")
+        names = self.input_names.get(graph)
+        if not names:
+            raise ExportError(f"graph {graph!r} of this {self.kind} runner does not name its inputs")
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise ExportError(f"graph {graph!r} needs inputs {names}; missing {missing}")
+        outputs = self.graphs[graph](*[torch.as_tensor(np.asarray(feed[n])) for n in names])
+        out_names = self.output_names.get(graph) or [f"output_{i}" for i in range(len(outputs))]
+        return {n: o.detach().cpu().numpy() for n, o in zip(out_names, outputs, strict=False)}
 
 
 class Exporter(ABC):

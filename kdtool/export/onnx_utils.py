@@ -142,6 +142,7 @@ def load_onnx_runner(
     batch fixed at its ``opt`` size; the runner then accepts any batch."""
     graphs = {}
     input_names = {}
+    output_names = {name: [o["name"] for o in info["outputs"]] for name, info in manifest["graphs"].items()}
     for name, info in manifest["graphs"].items():
         session = make_session(files[name], options, provider=provider, graph_optimization=graph_optimization)
         names = [i["name"] for i in info["inputs"]]
@@ -152,7 +153,11 @@ def load_onnx_runner(
         graphs[name] = session_callable(session, names, dtypes, batch)
         input_names[name] = names
     return ArtifactRunner(
-        graphs, kind=kind, input_names=input_names, metadata=dict(manifest.get("metadata", {}))
+        graphs,
+        kind=kind,
+        input_names=input_names,
+        output_names=output_names,
+        metadata=dict(manifest.get("metadata", {})),
     )
 
 

@@ -204,6 +204,20 @@ def test_the_driver_verifies_an_onnx_export(run_dir: Path) -> None:  # noqa: F81
     assert {p["output"] for p in v["parity"]} == {"logits"}
     metric = outcome.manifest["metric"]
     assert metric["runtime"] == "artifact" and metric["drop"] == pytest.approx(0.0, abs=1e-6)
+    # the loaded runner also runs on named numpy inputs, and check_parity takes its dict
+    from kdtool import runtime
+    from kdtool.export.driver import RunContext
+
+    runner = runtime.load(outcome.directory)
+    graph = RunContext(run_dir).export_spec("student").graphs[0]
+    x = graph.make_inputs(generator=torch.Generator().manual_seed(3))[0]
+    got = runner.run_named({"image": x.numpy()})
+    assert set(got) == {"logits"} and isinstance(got["logits"], np.ndarray)
+    with torch.no_grad():
+        reference = {"logits": graph.module(x).numpy()}
+    assert all(r.passed for r in check_parity(reference, got, TOLERANCES["fp32"]))
+    with pytest.raises(ExportError, match=r"needs inputs \['image'\]; missing \['image'\]"):
+        runner.run_named({"pixels": x.numpy()})
 
 
 def test_the_driver_refuses_an_artifact_whose_runner_is_wrong(
