@@ -85,6 +85,16 @@ def _outputs(outputs: Any, names: Sequence[str] | None) -> tuple[list[str], list
     return keys, items
 
 
+def _float_errors(ref: torch.Tensor, got: torch.Tensor) -> tuple[float, float]:
+    """Max abs error and max relative error (to the reference's max magnitude); NaN -> inf."""
+    if not ref.numel():
+        return 0.0, 0.0
+    abs_err = float((ref - got).abs().max())
+    if abs_err != abs_err:  # NaN in the artifact's output
+        abs_err = float("inf")
+    return abs_err, abs_err / max(float(ref.abs().max()), 1e-12)
+
+
 def check_parity(
     reference_outputs: Any,
     artifact_outputs: Any,
@@ -125,13 +135,22 @@ def check_parity(
                 ParityResult(graph, sizes, name, mismatch, mismatch, tolerance, mismatch <= tolerance)
             )
             continue
-        abs_err = float((ref_f - got_f).abs().max()) if ref_f.numel() else 0.0
-        if abs_err != abs_err:  # NaN in the artifact's output
-            abs_err = float("inf")
-        scale = float(ref_f.abs().max()) if ref_f.numel() else 1.0
-        rel = abs_err / max(scale, 1e-12)
+        abs_err, rel = _float_errors(ref_f, got_f)
         results.append(ParityResult(graph, sizes, name, abs_err, rel, tolerance, rel <= tolerance))
     return results
+
+
+def max_relative_error(reference_outputs: Any, artifact_outputs: Any) -> float:
+    """The worst relative error (max abs error / the reference's max magnitude) over the float
+    outputs: one number, e.g. for a quantizer's sensitivity search. Integer outputs are skipped."""
+    _, refs = _outputs(reference_outputs, None)
+    _, gots = _outputs(artifact_outputs, None)
+    worst = 0.0
+    for ref, got in zip(refs, gots, strict=False):
+        if ref is None or got is None or not ref.is_floating_point() or not ref.numel():
+            continue
+        worst = max(worst, _float_errors(ref.detach().float().cpu(), got.detach().float().cpu())[1])
+    return worst
 
 
 def sizes_of(graph: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
@@ -360,6 +379,7 @@ __all__ = [
     "describe_failures",
     "draft_manifest",
     "graph_parity",
+    "max_relative_error",
     "metric_drop",
     "parity_cases",
     "sizes_of",

@@ -58,7 +58,7 @@ from kdtool.export.exporter import (
     run_in_fixed_batches,
 )
 from kdtool.export.spec import ExportSpec, GraphSpec, TensorSpec, as_tuple, take
-from kdtool.export.verify import tolerance_for
+from kdtool.export.verify import max_relative_error, tolerance_for
 
 from .inspect import PackageInfo, check_interface, check_weights, expected_sizes, read_package
 from .options import MACOS_FOR_LEVEL, SPEC_LEVEL, CoreMLOptions, check_compatibility
@@ -322,12 +322,11 @@ def quantize_activations(
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
             hint="the module must be torch.fx traceable; use --opt quantize=w8 (weights only) instead",
         ) from None
-    worst = 0.0
     with quiet(), torch.no_grad():
-        for inputs in samples[:4]:
-            for ref, got in zip(as_tuple(module(*inputs)), as_tuple(finalized(*inputs)), strict=False):
-                if ref.is_floating_point() and ref.numel():
-                    worst = max(worst, float((ref - got).abs().max()) / max(float(ref.abs().max()), 1e-12))
+        worst = max(
+            (max_relative_error(as_tuple(module(*x)), as_tuple(finalized(*x))) for x in samples[:4]),
+            default=0.0,
+        )
     info = {
         "method": "coremltools.optimize.torch LinearQuantizer (symmetric, per-channel INT8 weights, "
         "UINT8/INT8 activations), MinMax observers calibrated without training",

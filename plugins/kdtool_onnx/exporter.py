@@ -52,7 +52,7 @@ from kdtool.export.onnx_utils import (
     run_session,
 )
 from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple, take
-from kdtool.export.verify import tolerance_for
+from kdtool.export.verify import max_relative_error, tolerance_for
 from kdtool.quant import export_qdq, find_plan, is_quantization_aware
 
 # torch.onnx logs a warning per missing optional library (torchvision ops); not the user's concern.
@@ -352,15 +352,13 @@ def output_error(
     so = ort.SessionOptions()
     so.log_severity_level = 4
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for inputs, ref in zip(samples, refs, strict=True):
-        got = run_session(session, graph, inputs)
-        for r, g in zip(ref, got, strict=False):
-            if r.is_floating_point() and r.numel():
-                worst = max(
-                    worst, float((r.float() - g.float()).abs().max()) / max(float(r.abs().max()), 1e-12)
-                )
-    return worst
+    return max(
+        (
+            max_relative_error(ref, run_session(session, graph, inputs))
+            for inputs, ref in zip(samples, refs, strict=True)
+        ),
+        default=0.0,
+    )
 
 
 def sensitivity_pass(

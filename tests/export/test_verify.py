@@ -276,3 +276,12 @@ def test_compare_metric_reports_the_drop(run_dir: Path) -> None:  # noqa: F811
     block = compare_metric(ctx.task, spec, ArtifactRunner({"model": worse}, kind="worse"), 64)
     assert block["name"] == "accuracy" and block["drop"] > 0.3
     assert block["drop"] == pytest.approx(block["pytorch"] - block["artifact"])
+
+
+def test_max_relative_error_is_the_worst_float_output() -> None:
+    from kdtool.export.verify import max_relative_error
+
+    ref = (torch.tensor([2.0, -4.0]), torch.tensor([1, 2]), torch.tensor([10.0]))
+    got = (torch.tensor([2.0, -3.0]), torch.tensor([9, 9]), torch.tensor([10.0]))
+    assert max_relative_error(ref, got) == pytest.approx(0.25)  # integer outputs do not count
+    assert max_relative_error((torch.ones(2),), (torch.tensor([1.0, float("nan")]),)) == float("inf")
