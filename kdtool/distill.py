@@ -281,6 +281,8 @@ def plan_stage(
     """Resolve the stage's KD entries (recipe ones, else the task's defaults) into a plan; the
     loss modules are added to ``modules`` (trained, checkpointed with the stage, never exported)."""
     points = list(getattr(task, "distill_points", ()) or ())
+    if not points:  # a task that declares no points computes its KD terms itself (ctx.loss)
+        return DistillPlan([], stage_name=stage.name)
     entries: list[DistillEntry] = []
     explicit = [t for t in stage.losses if t.loss is not None and loss_accepts(losses.get(t.loss))]
     terms = explicit or list(task.default_distill(stage))

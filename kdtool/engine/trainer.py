@@ -230,7 +230,7 @@ def check_recipe_names(recipe: Recipe, registries: Registries) -> None:
             if term.loss is None:
                 continue
             loss_cls = registries.losses.get(term.loss)
-            if loss_accepts(loss_cls):
+            if loss_accepts(loss_cls) and getattr(task_cls, "distill_points", ()):
                 check_entry(
                     term,
                     loss_cls,
