@@ -154,7 +154,7 @@ def resolve_between(term: LossTerm, default: Mapping[str, str] | None, *, where:
         raise RecipeError(
             f"{where}: loss {term.loss!r} is a distillation loss, but the entry has no 'between' and the "
             "task declares no default pairing",
-            hint="add between: {student: <point>, teacher: <point>} (see `kdtool tasks` for the points)",
+            hint="add between: {student: <point>, teacher: <point>} (docs/writing-a-kd-loss.md)",
         )
     return default["student"], default["teacher"]
 
@@ -167,8 +167,10 @@ def check_entry(
     *,
     task_name: str,
     where: str,
+    registered: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[str, str]:
-    """Validate one KD entry against the task's declared points; returns (student, teacher)."""
+    """Validate one KD entry against the task's declared points; returns (student, teacher).
+    ``registered``: each registered loss's accepted kinds, to suggest alternatives."""
     accepts = loss_accepts(loss_cls)
     student, teacher = resolve_between(term, default, where=where)
     declared = {p.ref: p for p in points}
@@ -178,15 +180,19 @@ def check_entry(
             offered = sorted(r for r, p in declared.items() if side in p.sides)
             raise RecipeError(
                 f"{where}.between.{side}: task {task_name!r} exposes no {side} point {ref!r}",
-                hint=f"{side} points of {task_name}: {', '.join(offered) or 'none'}",
+                hint=f"{side} points of {task_name}: {', '.join(offered) or 'none'} (docs/writing-a-kd-loss.md)",
             )
         kind = parse_point(ref)[0]
         if kind not in accepts:
             raise RecipeError(
                 f"{where}: loss {term.loss!r} accepts {', '.join(accepts)}, but the {side} point "
                 f"{ref!r} is of kind {kind!r}",
-                hint=f"pick a loss that accepts {kind!r} (`kdtool plugins` lists losses with their kinds) "
-                "or pair other points",
+                hint=f"losses that accept {kind!r}: "
+                + (
+                    ", ".join(sorted(n for n, k in (registered or {}).items() if kind in k))
+                    or "none registered"
+                )
+                + "; or pair other points with between: {student: ..., teacher: ...}",
             )
     return student, teacher
 
@@ -293,8 +299,9 @@ def plan_stage(
             continue  # the recipe gives this term another (non-KD) loss
         cls = losses.get(term.loss)  # type: ignore[arg-type]
         student, teacher = check_entry(
-            term, cls, points, task.distill_between(stage), task_name=task.name, where=where
-        )
+            term, cls, points, task.distill_between(stage), task_name=task.name, where=where,
+            registered={n: loss_accepts(losses.get(n)) for n in losses.names()},
+        )  # fmt: skip
         if term.name not in modules:
             modules[term.name] = build_module(term, cls, where=where)
         module = modules[term.name]

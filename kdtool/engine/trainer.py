@@ -238,6 +238,7 @@ def check_recipe_names(recipe: Recipe, registries: Registries) -> None:
                     task_cls.default_between,
                     task_name=recipe.task.name,
                     where=f"{where}.losses.{term.name}",
+                    registered={n: loss_accepts(registries.losses.get(n)) for n in registries.losses.names()},
                 )
             elif term.between is not None:
                 raise RecipeError(
