@@ -217,9 +217,18 @@ def build_module(term: LossTerm, loss_cls: Any, *, where: str) -> nn.Module:
 class DistillPlan:
     """A stage's KD entries and the points exposed in the current step."""
 
-    def __init__(self, entries: list[DistillEntry], *, stage_name: str = "") -> None:
+    def __init__(
+        self,
+        entries: list[DistillEntry],
+        *,
+        stage_name: str = "",
+        task_losses: Mapping[str, str] | None = None,
+    ) -> None:
         self.entries = entries
         self.stage_name = stage_name
+        # recipe terms with a registered loss that is not a KD loss: the task must compute them
+        self.task_losses = dict(task_losses or {})
+        self._checked = False
         self._student: dict[str, Point] = {}
         self._teacher: dict[str, Point] = {}
         self._computed: set[str] = set()
@@ -275,6 +284,17 @@ class DistillPlan:
                     f"{entry.student!r} with teacher point {entry.teacher!r}, but the step exposed only the teacher's"
                 )
         self._teacher.clear()
+        if not self._checked:
+            self._checked = True
+            missing = {n: loss for n, loss in self.task_losses.items() if n not in terms}
+            if missing:
+                name, loss = next(iter(missing.items()))
+                raise TrainingError(
+                    f"stage {self.stage_name!r}: loss term {name!r} names loss {loss!r}, which declares no "
+                    "distillation point kinds, and the task's step did not compute it",
+                    hint="a KD loss sets `accepts = (...)` (e.g. ('logits',)) so the engine pairs it; "
+                    "see docs/writing-a-kd-loss.md",
+                )
         return terms
 
 
@@ -308,4 +328,9 @@ def plan_stage(
         entries.append(
             DistillEntry(term.name, str(term.loss), student, teacher, module, _forward_keywords(module))
         )
-    return DistillPlan(entries, stage_name=stage.name)
+    task_losses = {
+        t.name: str(t.loss)
+        for t in stage.losses
+        if t.loss is not None and not loss_accepts(losses.get(t.loss))
+    }
+    return DistillPlan(entries, stage_name=stage.name, task_losses=task_losses)

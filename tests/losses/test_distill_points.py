@@ -59,11 +59,19 @@ class ProbabilityL2(nn.Module):
         return per_position.mean() * self.scale
 
 
+class LegacyKD(nn.Module):
+    """A 1.x-style KD loss: it declares no point kinds, so no task computes it."""
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(student_logits, teacher_logits)
+
+
 class ThirdPartyPlugin:
     @staticmethod
     @hookimpl
     def register_losses(register: Any) -> None:
         register("prob_l2", ProbabilityL2, description="test plugin: L2 between softmaxes")
+        register("legacy_kd", LegacyKD, description="test plugin: no accepts")
 
 
 def manager() -> PluginManager:
@@ -176,6 +184,11 @@ def test_an_unknown_point_and_between_on_a_plain_loss_fail_at_load(tmp_path: Pat
     plain = {"name": "kd", "loss": "mse", "between": {"student": "logits", "teacher": "logits"}}
     with pytest.raises(RecipeError, match="declares no point kinds"):
         check_recipe_names(recipe_from_dict(classification_recipe(tmp_path, plain)).recipe, get_registries())
+
+
+def test_a_loss_without_accepts_is_not_silently_skipped(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match=r"'legacy_kd', which declares no distillation point kinds"):
+        train(classification_recipe(tmp_path, {"name": "kd", "loss": "legacy_kd"}))
 
 
 def test_every_builtin_kd_loss_declares_known_kinds() -> None:
