@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kdtool.errors import RecipeError
 from kdtool.registry import suggest
@@ -107,6 +116,15 @@ class LossTerm(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     between: Between | None = None
     temperature: float | None = Field(default=None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_pairing(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Entries written before points existed dump (and hash, see engine/stagehash.py) as before.
+        data = handler(self)
+        for key in ("between", "temperature"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="after")
     def _between_needs_loss(self) -> LossTerm:

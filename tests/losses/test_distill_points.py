@@ -306,3 +306,15 @@ def test_hint_projector_moves_from_its_initial_weights(tmp_path: Path) -> None:
         str(sorted((eight / "checkpoints" / "student").glob("step-*"))[-1] / "losses.safetensors")
     )
     assert not torch.equal(first["hint.projection.weight"], last["hint.projection.weight"])
+
+
+def test_entries_without_pairing_dump_and_hash_as_before() -> None:
+    """Stage hashes (resume) and recipe.resolved.yaml of existing recipes do not change."""
+    plain = LossTerm(name="kd", loss="kl_t", weight=0.5)
+    assert plain.model_dump(mode="json") == {"name": "kd", "weight": 0.5, "loss": "kl_t", "options": {}}
+    paired = LossTerm(
+        name="kd", loss="kl_t", temperature=2.0, between={"student": "logits", "teacher": "logits"}
+    )
+    assert paired.model_dump(mode="json")["between"] == {"student": "logits", "teacher": "logits"}
+    with pytest.raises(ValueError, match="need a 'loss'"):
+        LossTerm(name="kd", between={"student": "logits", "teacher": "logits"})
