@@ -259,7 +259,18 @@ class DistillPlan:
         out: dict[str, torch.Tensor] = {}
         for entry in self.entries:
             if entry.student in self._student and entry.teacher in self._teacher:
-                for name, value in entry.compute(self._student[entry.student], self._teacher).items():
+                student = self._student[entry.student]
+                try:
+                    values = entry.compute(student, self._teacher)
+                except (ValueError, RuntimeError) as exc:  # e.g. shapes that do not pair
+                    teacher = self._teacher[entry.teacher]
+                    raise TrainingError(
+                        f"stage {self.stage_name!r}: loss term {entry.term!r} ({entry.loss}) failed on student "
+                        f"point {entry.student!r} {tuple(student.value.shape)} and teacher point "
+                        f"{entry.teacher!r} {tuple(teacher.value.shape)}: {exc}",
+                        hint="pair points of matching shapes (between:), or give the loss the options it needs",
+                    ) from exc
+                for name, value in values.items():
                     out[name] = out[name] + value if name in out else value
                 self._computed.add(entry.term)
         self._student.clear()

@@ -243,6 +243,19 @@ def test_a_half_exposed_pair_is_an_error_naming_the_points() -> None:
         plan.finish_step({})
 
 
+def test_points_that_do_not_fit_the_loss_fail_naming_term_points_and_shapes() -> None:
+    from kdtool.losses import ChannelWiseDistillation
+
+    entry = DistillEntry("cwd", "cwd", "features/out", "features/out_lowres", ChannelWiseDistillation())
+    plan = DistillPlan([entry], stage_name="student")
+    plan.expose(Point("features/out", torch.randn(2, 3, 8, 8)), "student")
+    plan.expose(Point("features/out_lowres", torch.randn(2, 3, 2, 2)), "teacher")
+    with pytest.raises(
+        TrainingError, match=r"'cwd' \(cwd\) failed on student point 'features/out' \(2, 3, 8, 8\)"
+    ):
+        plan.distill()
+
+
 def test_wants_tells_a_task_which_points_are_used() -> None:
     task = _classification_task()
     stage = StageConfig(
