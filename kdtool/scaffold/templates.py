@@ -530,10 +530,7 @@ from kdtool.export.exporter import (
     ExportContext,
     Exporter,
     ExporterOptions,
-    VerifyResult,
-    compare_outputs,
 )
-from kdtool.export.spec import as_tuple
 from kdtool.export.targets import TargetProfile
 from kdtool.hookspecs import Register
 
@@ -583,18 +580,6 @@ class ${cls}Exporter(Exporter):
             zf.writestr("metadata.json", json.dumps(spec.metadata.to_dict()))
         shutil.rmtree(onnx_artifact.directory)  # the bundle replaces the intermediate ONNX files
         return Artifact(out_dir, {g.name: path for g in spec.graphs}, details={"members": len(spec.graphs) + 1})
-
-    def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
-        parity = []
-        with zipfile.ZipFile(artifact.directory / BUNDLE) as bundle:
-            for g in spec.graphs:
-                run = _runner(_session(bundle, g.name))
-                for sizes in g.test_sizes():
-                    inputs = g.make_inputs(sizes, generator=torch.Generator().manual_seed(0))
-                    with torch.no_grad():
-                        reference = as_tuple(g.module(*inputs))
-                    parity += compare_outputs(g.name, sizes, [t.name for t in g.outputs], reference, run(*inputs), 1e-3)
-        return VerifyResult(parity=parity)
 
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
         path = Path(directory) / BUNDLE
