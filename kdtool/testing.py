@@ -913,6 +913,7 @@ def check_task(
     export spec runs its example inputs at every ``test_sizes`` shape with the declared
     outputs. Teachers of later stages are the (one-step) models of earlier stages.
     """
+    from kdtool.distill import plan_stage
     from kdtool.engine.context import StepContext
     from kdtool.engine.trainer import build_losses, build_model
     from kdtool.plugins import get_registries
@@ -1088,6 +1089,9 @@ def check_task(
                 teacher.eval().requires_grad_(False)
                 teachers[ref.name] = teacher
             losses = c.call("losses", f"{where}: building its losses", build_losses, stage, regs)
+            distill_plan = c.call(
+                "losses", f"{where}: pairing its distillation points", plan_stage, stage, instance, regs.losses, losses
+            )
             train = datasets["train"]
             if hasattr(train, "set_epoch"):
                 c.call("dataset", "set_epoch(0)", train.set_epoch, 0)
@@ -1113,12 +1117,13 @@ def check_task(
                 teacher_fn=teacher_fn if teachers else None, teacher_cache=None,
             )  # fmt: skip
             ctx.total_steps = 1
+            ctx.distill_plan = distill_plan
             ctx.begin_step(seed=r.seed + stage_index, step=0, epoch=0)
             model.train()
             terms = c.call(
                 "training_step",
                 f"{where}: training_step",
-                instance.training_step,
+                lambda *a, _ctx=ctx: _ctx.finish_step(instance.training_step(*a)),
                 stage,
                 {stage.model: model, **teachers},
                 batch,
