@@ -37,10 +37,11 @@ def weighted_total(stage: StageConfig, terms: Mapping[str, torch.Tensor], step: 
 def compute_terms(
     task: Task, stage: StageConfig, models: dict[str, nn.Module], batch: Any, ctx: StepContext
 ) -> dict[str, torch.Tensor]:
-    """The task's named loss terms for one (micro-)batch, under the context's autocast."""
+    """The task's named loss terms for one (micro-)batch, under the context's autocast, with
+    the KD terms of the distillation points still pending added (``ctx.finish_step``)."""
     ctx.backward_calls = 0
     with ctx.autocast():
-        return task.training_step(stage, models, batch, ctx)
+        return ctx.finish_step(task.training_step(stage, models, batch, ctx))
 
 
 def training_step(
