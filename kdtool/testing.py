@@ -730,7 +730,7 @@ def _check_through_driver(
     manager: Any,
 ) -> None:
     from kdtool.errors import ExportError
-    from kdtool.export.driver import ExportRequest, RunContext, export_model
+    from kdtool.export.driver import ExportRequest, export_model
     from kdtool.export.exporter import ArtifactRunner, compare_outputs
     from kdtool.task import Predictor
 
@@ -778,7 +778,9 @@ def _check_through_driver(
         f"the runner has graphs {sorted(runner.graphs)}, the manifest {sorted(manifest['graphs'])}",
         "",
     )
-    spec = RunContext(run, manager).export_spec(manifest["model"])
+    from kdtool.run import Run
+
+    spec = Run.open(run, manager=manager).export_spec(manifest["model"])
     tolerance = _tolerance(precision)
     for g in spec.graphs:
         for sizes in g.test_sizes():

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdtool import __version__
 from kdtool.data import EpochSampler
 from kdtool.engine import distributed as kdist
+from kdtool.engine.build import build_task, load_run_model, rebuild_model
 from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from kdtool.engine.context import StepContext, TeacherCache
 from kdtool.engine.device import check_precision, resolve_device
@@ -50,7 +51,7 @@ from kdtool.engine.stagehash import plan_resume, stage_hashes
 from kdtool.errors import RecipeError, RunError, TrainingError
 from kdtool.io import load_weights, read_json, save_weights, write_json
 from kdtool.plugins import PluginManager, Registries, get_plugin_manager
-from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef, validate_section
+from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef
 from kdtool.task import Task
 
 
@@ -85,15 +86,6 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- building
 
 
-def build_task(loaded: LoadedRecipe, registries: Registries, cache_dir: Path | None = None) -> Task:
-    recipe = loaded.recipe
-    task_cls = registries.tasks.get(recipe.task.name)
-    options = validate_section(loaded, task_cls.Options, ("task", "options"), recipe.task.options)
-    data = validate_section(loaded, task_cls.DataOptions, ("data",), recipe.data)
-    cache = cache_dir or Path(recipe.runs_dir) / ".cache"
-    return task_cls(options, data, seed=recipe.seed, cache_dir=cache)
-
-
 def build_model(task: Task, registries: Registries, name: str, cfg: ModelConfig) -> BuiltModel:
     """A fresh model of the recipe's ``models[name]``, with the config that rebuilds it."""
     factory = registries.models.get(cfg.arch)
@@ -108,39 +100,6 @@ def build_model(task: Task, registries: Registries, name: str, cfg: ModelConfig)
         module.load_state_dict(load_weights(Path(cfg.checkpoint)))
     config = {"arch": cfg.arch, "options": options, "task": task.name}
     return BuiltModel(module, config)
-
-
-def rebuild_model(registries: Registries, config: dict[str, Any], weights: Path | None) -> nn.Module:
-    """A model from a run's ``config.json`` (and its weights)."""
-    try:
-        module = registries.models.get(config["arch"])(**config.get("options", {}))
-    except KeyError as exc:
-        raise RunError(f"model config lacks {exc}") from None
-    if config.get("quantization_aware"):
-        from kdtool.quant import apply_plan
-
-        apply_plan(module, config["quantization_aware"], fold=False)
-    if weights is not None:
-        state = load_weights(weights)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise RunError(f"weights {weights} do not fit architecture {config['arch']!r}: {exc}") from None
-    return module
-
-
-def load_run_model(
-    registries: Registries, run_dir: Path, model_name: str
-) -> tuple[nn.Module, dict[str, Any]]:
-    summary = read_summary(run_dir)
-    models = summary.get("models", {})
-    if model_name not in models:
-        raise RunError(f"run {run_dir} has no model {model_name!r}; models: {sorted(models)}")
-    entry = models[model_name]
-    if not entry.get("weights"):
-        raise RunError(f"model {model_name!r} of run {run_dir} has no weights (its stage did not finish)")
-    config = read_json(run_dir / entry["config"], what="model config")
-    return rebuild_model(registries, config, run_dir / entry["weights"]), config
 
 
 def load_teacher(

@@ -239,9 +239,9 @@ def subnets_table(
     run: Path | None, *, eval_limit: int | None, repeats: int, refresh: bool, echo: Any = print
 ) -> tuple[Any, str, SupernetRNNT, dict[str, Any], list[dict[str, Any]]]:
     from kdtool.errors import RunError
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
 
-    ctx = RunContext(run)
+    ctx = Run.open(run)
     task = ctx.task
     stages = [
         n
@@ -338,7 +338,6 @@ def register_subnets_command(app: typer.Typer) -> None:
         from rich.table import Table
 
         from kdtool.cli.common import console
-        from kdtool.engine.rundir import read_summary, write_summary
         from kdtool.errors import RunError
 
         ctx, stage_name, supernet, config, rows = subnets_table(
@@ -459,9 +458,7 @@ def register_subnets_command(app: typer.Typer) -> None:
                 }
             },
         )
-        summary = read_summary(ctx.run_dir)
-        summary["models"][model_name] = entry
-        write_summary(ctx.run_dir, summary)
+        ctx.add_model(model_name, entry)  # under the run's summary lock
         q = best.get("latency_quartiles_ms") or [best["latency_ms"]] * 3
         if stability["stable"]:
             console.print(
