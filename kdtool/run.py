@@ -46,14 +46,16 @@ class Run:
     Open one with :meth:`open` (a path) or :meth:`of_artifact` (an export or its manifest).
     """
 
-    def __init__(self, run_dir: Path | str, manager: PluginManager | None = None) -> None:
+    def __init__(
+        self, run_dir: Path | str, manager: PluginManager | None = None, *, task: Task | None = None
+    ) -> None:
         self.run_dir = Path(run_dir).resolve()
         if not (self.run_dir / "summary.json").is_file():
             raise RunError(f"{run_dir} is not a kdtool run directory (no summary.json)")
         self._manager = manager
         self._summary: dict[str, Any] | None = None
         self._loaded: LoadedRecipe | None = None
-        self._task: Task | None = None
+        self._task: Task | None = task  # the engine passes the task it trained with
 
     # ------------------------------------------------------------ opening
 

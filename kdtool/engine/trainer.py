@@ -12,6 +12,7 @@ import math
 import platform
 import random
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from kdtool.errors import RecipeError, RunError, TrainingError
 from kdtool.io import load_weights, read_json, save_weights, write_json
 from kdtool.plugins import PluginManager, Registries, get_plugin_manager
 from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef
+from kdtool.run import Run
 from kdtool.task import Task
 
 
@@ -81,6 +83,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+_WARNED_SUMMARY_EXTRAS: set[type] = set()
+
+
+def warn_summary_extras(task_cls: type) -> None:
+    """``Task.summary_extras`` is deprecated: warn once per task class."""
+    if task_cls in _WARNED_SUMMARY_EXTRAS:
+        return
+    _WARNED_SUMMARY_EXTRAS.add(task_cls)
+    warnings.warn(
+        f"task {getattr(task_cls, 'name', task_cls.__name__)!r} ({task_cls.__module__}.{task_cls.__qualname__}) "
+        "overrides Task.summary_extras, deprecated since plugin API 2.0: override "
+        "Task.on_run_end(run) and write through run.add_model / run.update_summary",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 # --------------------------------------------------------------------------- building
@@ -368,13 +387,25 @@ class Engine:
             self._train_stage(run_dir, index, stage)
             kdist.barrier(self.dist)
         if self.dist.is_main:
-            summary = read_summary(run_dir)
-            done = set(read_state(run_dir).get("completed", []))
-            summary["status"] = "complete" if all(s.name in done for s in self.recipe.stages) else "partial"
+            self._end_run(run_dir)
+
+    def _end_run(self, run_dir: Path) -> None:
+        """Record the run's status, then let the task add to it (``Task.on_run_end``)."""
+        done = set(read_state(run_dir).get("completed", []))
+        run = Run(run_dir, self.manager, task=self.task)
+        run.update_summary(
+            status="complete" if all(s.name in done for s in self.recipe.stages) else "partial"
+        )
+        if type(self.task).summary_extras is not Task.summary_extras:  # a plugin written for API 1.x
+            warn_summary_extras(type(self.task))
             extras = dict(self.task.summary_extras(run_dir))
-            summary["models"].update(extras.pop("models", {}))
-            summary.update(extras)
-            write_summary(run_dir, summary)
+
+            def merge(summary: dict[str, Any]) -> None:
+                summary["models"].update(extras.pop("models", {}))
+                summary.update(extras)
+
+            run.update_summary(merge)
+        self.task.on_run_end(run)
 
     # ------------------------------------------------------------ helpers
 

@@ -21,18 +21,15 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import torch
 import typer
 
 from kdtool.io import atomic_path, read_json, save_weights, write_json
-from kdtool.task import Predictor
+from kdtool.task import Predictor, Task
 
 from .models import Subnet, SupernetRNNT
-
-if TYPE_CHECKING:
-    from .task import AsrSupernetTask
 
 
 def build_subnet_model(
@@ -46,7 +43,7 @@ def build_subnet_model(
 
 
 def write_subnet_model(
-    task: AsrSupernetTask,
+    task: Task,
     run_dir: Path,
     stage_name: str,
     supernet: SupernetRNNT,
@@ -101,8 +98,7 @@ def measure_latencies(
     """Milliseconds of encoder + greedy decoding of one utterance (batch 1) per predictor,
     ``rounds`` times each, interleaved (round r times every predictor once), so that a load
     change on a shared machine shifts every subnet alike instead of the last ones measured."""
-    from .decoding import DecoderInfo
-    from .task import decode_batch
+    from .decoding import DecoderInfo, decode_batch
 
     lengths = torch.tensor([features.shape[1]])
 

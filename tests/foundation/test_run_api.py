@@ -226,3 +226,65 @@ def test_export_driver_does_not_import_the_trainer() -> None:
 def test_import_kdtool_run_is_light() -> None:
     loaded = _modules_after("import kdtool.run")
     assert "torch" not in loaded and "kdtool.engine.trainer" not in loaded
+
+
+def _tiny_run(root: Path, steps: int = 3) -> Path:
+    from kdtool.engine.trainer import DistillOptions, Engine
+    from kdtool.recipe import recipe_from_dict
+
+    recipe = tiny_recipe(root / "runs")
+    recipe["stages"] = recipe["stages"][:1]
+    recipe["stages"][0]["steps"] = steps
+    return Engine(recipe_from_dict(recipe), DistillOptions(progress=False, echo=lambda _m: None)).run()
+
+
+def test_engine_calls_on_run_end_with_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdtool_classification.task import ClassificationTask
+
+    seen: list[tuple[str, str]] = []
+
+    def on_run_end(self: ClassificationTask, run: Run) -> None:
+        seen.append((run.summary["status"], run.task is self and "same task"))
+        run.update_summary(extra_field=42)
+        run.add_model("derived", role="derived", weights=None)
+
+    monkeypatch.setattr(ClassificationTask, "on_run_end", on_run_end)
+    run_dir = _tiny_run(tmp_path)
+    assert seen == [("complete", "same task")]
+    summary = Run.open(run_dir).summary
+    assert summary["extra_field"] == 42 and summary["status"] == "complete"
+    assert summary["models"]["derived"]["role"] == "derived" and "teacher" in summary["models"]
+
+
+def test_summary_extras_still_works_and_warns_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from kdtool_classification.task import ClassificationTask
+
+    from kdtool.engine import trainer
+
+    monkeypatch.setattr(trainer, "_WARNED_SUMMARY_EXTRAS", set())
+
+    def summary_extras(self: ClassificationTask, run_dir: Path) -> dict[str, object]:
+        return {"legacy": True, "models": {"old_style": {"role": "extra"}}}
+
+    monkeypatch.setattr(ClassificationTask, "summary_extras", summary_extras)
+    with pytest.warns(DeprecationWarning, match="summary_extras, deprecated.*on_run_end"):
+        first = _tiny_run(tmp_path / "a")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _tiny_run(tmp_path / "b")
+    assert not [w for w in caught if "summary_extras" in str(w.message)]  # once per task class
+    summary = Run.open(first).summary
+    assert summary["legacy"] is True and summary["models"]["old_style"] == {"role": "extra"}
+
+
+def test_docs_name_only_what_run_has(runs: Path) -> None:
+    import re
+
+    text = (REPO / "docs" / "run-api.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"\b(?:run|Run)\.([a-z_]+)", text))
+    assert {"open", "of_artifact", "summary", "task", "load_model", "add_model", "update_summary"} <= names
+    run = Run.open(runs)
+    missing = sorted(n for n in names if not hasattr(run, n))
+    assert not missing, f"docs/run-api.md names Run attributes that do not exist: {missing}"
