@@ -63,7 +63,9 @@ def register_losses(register: Register) -> None:
     ``register("kl_t", SoftTargetKL)``. Recipes name losses in ``stages[].losses[].name`` with
     keyword ``options``; the engine instantiates them, moves them to the device, optimises
     their parameters (e.g. a FitNets hint projection) with the stage and checkpoints them.
-    Losses are dropped at export.
+    Losses are dropped at export. A distillation loss declares the point kinds it compares
+    (``accepts = ("logits", "sequence_posteriors")``, see :mod:`kdtool.distill`); the engine
+    then pairs it with any task's exposed points of those kinds (docs/writing-a-kd-loss.md).
     """
 
 
