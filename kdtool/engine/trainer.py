@@ -807,8 +807,7 @@ class Engine:
             save_weights(model, weights)
         config = {**built.config, "stage": stage.name, "role": stage.role, "recipe_hash": self.recipe.hash()}
         write_json(config_path, config)
-        summary = read_summary(run_dir)
-        summary["models"][stage.name] = {
+        entry: dict[str, Any] = {
             "role": stage.role,
             "baseline_for": stage.baseline_for,
             "model": stage.model,
@@ -825,8 +824,8 @@ class Engine:
             "teachers": list(teachers),
         }
         if cache is not None:
-            summary["models"][stage.name]["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses}
-        write_summary(run_dir, summary)
+            entry["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        Run(run_dir, self.manager, task=self.task).add_model(stage.name, entry)  # under the summary lock
         run_state = read_state(run_dir)
         run_state.setdefault("completed", []).append(stage.name)
         write_state(run_dir, run_state)
