@@ -717,10 +717,11 @@ def _check_through_driver(
     manager: Any,
 ) -> None:
     from kdtool.errors import ExportError
-    from kdtool.export.driver import ExportRequest, RunContext, export_model
+    from kdtool.export.driver import ExportRequest, export_model
     from kdtool.export.exporter import ArtifactRunner
     from kdtool.export.verify import check_parity
     from kdtool.plugins import get_plugin_manager
+    from kdtool.run import Run
     from kdtool.task import Predictor
     from kdtool.testing_ref import with_reference_task
 
@@ -769,7 +770,7 @@ def _check_through_driver(
         f"the runner has graphs {sorted(runner.graphs)}, the manifest {sorted(manifest['graphs'])}",
         "",
     )
-    spec = RunContext(run, manager).export_spec(manifest["model"])
+    spec = Run.open(run, manager=manager).export_spec(manifest["model"])
     tolerance = _tolerance(caps, precision)
     for g in spec.graphs:
         for sizes in g.test_sizes():
