@@ -162,11 +162,11 @@ def plugin_module() -> types.ModuleType:
 def with_reference_task(manager: Any) -> Any:
     """``manager`` with the reference task registered (added once; the global manager is
     never changed: a fresh manager is returned for it)."""
-    from kdtool.plugins import PluginManager, get_plugin_manager
+    from kdtool import plugins
 
     if TASK in manager.registries().tasks:
         return manager
-    if manager is get_plugin_manager():
-        manager = PluginManager(warn=lambda _m: None)
+    if manager is plugins._MANAGER:  # (never creates the global manager as a side effect)
+        manager = plugins.PluginManager(warn=lambda _m: None)
     manager.register_module(plugin_module(), TASK)
     return manager
