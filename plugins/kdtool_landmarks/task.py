@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -53,7 +53,7 @@ from kdtool.export.spec import (
     TensorSpec,
 )
 from kdtool.recipe import StageConfig
-from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 from kdtool_landmarks import metrics as M
 from kdtool_landmarks.asm import ShapeModel, soft_landmarks
 from kdtool_landmarks.datasets import (
@@ -177,6 +177,31 @@ class StageOptions(_Strict):
         return v
 
 
+_PLAIN = ("l2", "l1", "smooth_l1", "wing")
+ROLES = {
+    "teacher": RoleSpec(
+        "L2 (or options.loss) on the ground truth (target: hard, the Tough-Teacher) or on the ASM "
+        "soft landmarks (target: soft, the Tolerant-Teacher)",
+        StageOptions,
+        loss_slots=_PLAIN,
+    ),
+    "student": RoleSpec(
+        "KD-Loss from a Tolerant and a Tough teacher (options.tolerant_teacher / tough_teacher)",
+        StageOptions,
+        loss_slots=("main", "assist_tough", "assist_tolerant"),
+        teachers="required",
+        deploy_rank=30,
+    ),
+    "baseline": RoleSpec(
+        "the student on the ground truth with a plain loss (options.loss), no teachers",
+        StageOptions,
+        loss_slots=_PLAIN,
+        baseline=True,
+        deploy_rank=10,
+    ),
+}
+
+
 class LandmarkOutput(nn.Module):
     """The deployable graph: normalised image -> (N, points, 2) crop pixel coordinates."""
 
@@ -191,7 +216,7 @@ class LandmarkOutput(nn.Module):
         return self.size / 2 - u * self.size
 
 
-class LandmarksTask(Task):
+class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
     name = "facial_landmarks"
     predict_inputs = (
         "face crops as image files (PNG, JPEG, ...); prints the points, draws <name>_landmarks.png"
@@ -202,7 +227,7 @@ class LandmarksTask(Task):
     )
     Options = LandmarksOptions
     DataOptions = LandmarksData
-    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
+    roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("nme", higher_is_better=False)
 
     options: LandmarksOptions
@@ -375,14 +400,7 @@ class LandmarksTask(Task):
     # ------------------------------------------------------------ training
 
     def stage_options(self, stage: StageConfig) -> StageOptions:
-        try:
-            opts = StageOptions.model_validate(stage.options)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            raise RecipeError(
-                f"stage {stage.name!r}: invalid options for task {self.name!r}: {problems}",
-                hint=f"allowed options: {', '.join(StageOptions.model_fields)}",
-            ) from None
+        opts: StageOptions = super().stage_options(stage)  # validated once, at recipe load
         if stage.role == "student":
             names = [t.name for t in stage.teachers]
             for which in (opts.tolerant_teacher, opts.tough_teacher):
