@@ -27,7 +27,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdtool.errors import DataError
-from kdtool.export.spec import DeployMetadata, DynamicAxis, ExportSpec, GraphSpec, TensorSpec
+from kdtool.export.spec import (
+    ClassPostprocessing,
+    DeployMetadata,
+    DynamicAxis,
+    ExportSpec,
+    GraphSpec,
+    ImagePreprocessing,
+    TensorSpec,
+)
 from kdtool.recipe import StageConfig
 from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
@@ -366,16 +374,15 @@ class ClassificationTask(Task[TaskOptions, ClassificationData]):
             metadata=DeployMetadata(
                 task=self.name,
                 labels=list(self.labels),
-                preprocessing={
-                    "kind": "image",
-                    "size": [size, size],
-                    "channels": "L" if d.channels == 1 else "RGB",
-                    "scale": 1 / 255,
-                    "normalization": "inside the graph: (x - mean) / std",
-                    "mean": d.mean,
-                    "std": d.std,
-                },
-                postprocessing={"kind": "softmax_argmax"},
+                preprocessing=ImagePreprocessing(
+                    size=[size, size],
+                    channels="L" if d.channels == 1 else "RGB",
+                    scale=1 / 255,
+                    normalization="inside",  # the graph computes (x - mean) / std
+                    mean=d.mean,
+                    std=d.std,
+                ),
+                postprocessing=ClassPostprocessing(kind="softmax_argmax"),
             ),
         )
 

@@ -49,6 +49,7 @@ from kdtool.export.spec import (
     DynamicAxis,
     ExportSpec,
     GraphSpec,
+    ImagePreprocessing,
     QuantizationHints,
     TensorSpec,
 )
@@ -525,16 +526,15 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
             ],
             metadata=DeployMetadata(
                 task=self.name,
-                preprocessing={
-                    "kind": "image",
-                    "size": [size, size],
-                    "channels": "RGB",
-                    "scale": 1 / 255,
-                    "mean": list(d.mean),
-                    "std": list(d.std),
-                    "normalization": "outside the graph: (x / 255 - mean) / std",
-                    "crop": f"square face box enlarged by {d.crop_margin} per side, resized to {size}x{size}",
-                },
+                preprocessing=ImagePreprocessing(
+                    size=[size, size],
+                    channels="RGB",
+                    scale=1 / 255,
+                    mean=list(d.mean),
+                    std=list(d.std),
+                    normalization="outside",  # the app computes (x / 255 - mean) / std
+                    crop=f"square face box enlarged by {d.crop_margin} per side, resized to {size}x{size}",
+                ),
                 postprocessing={
                     "kind": "landmarks",
                     "num_points": n,
