@@ -299,8 +299,8 @@ class PluginManager:
                         )
                         continue
                     info.registered.setdefault(target.kind, []).append(key)
-        for name, module in self._incompatible.items():
-            self._mark_incompatible(regs, name, module)
+        for name in self._incompatible:
+            self._note_incompatible(regs, name)
         for entry in regs.exporters.entries():
             caps = getattr(entry.obj, "capabilities", None)
             if caps is None:
@@ -323,30 +323,17 @@ class PluginManager:
                 regs.exporters.mark_clash(name, error)
         return regs
 
-    def _mark_incompatible(self, regs: Registries, plugin: str, module: ModuleType) -> None:
-        """Make each name an incompatible plugin would register fail, when used, with an error
-        that says why and what changed in the plugin API (the plugin's objects are not used)."""
+    def _note_incompatible(self, regs: Registries, plugin: str) -> None:
+        """An incompatible plugin is never called (its hooks may expect the other API), so its
+        names are unknown: a lookup of an unknown name then fails as a plugin error that says
+        the plugin was not loaded and what changed in the plugin API."""
         info = self.infos[plugin]
-        message = api_mismatch_message(plugin, info.api_version)
-        error = PluginError(message, hint=info.hint + "; see docs/plugins.md (migrating from 1.x)")
-        for hook_name, attr in _HOOK_TO_REGISTRY.items():
-            hook = getattr(module, hook_name, None)
-            if hook is None:
-                continue
-            names: list[str] = []
-            try:
-                hook(register=lambda name, obj, *, description="", _n=names: _n.append(name))
-            except Exception:  # noqa: S112 - an incompatible plugin may fail here: it is not used anyway
-                continue
-            for name in names:
-                target = (
-                    regs.schedules
-                    if attr == "optimizers" and name.startswith("schedule:")
-                    else getattr(regs, attr)
-                )
-                key = name.removeprefix("schedule:")
-                if key not in target.names():
-                    target.mark_clash(key, error)
+        error = PluginError(
+            api_mismatch_message(plugin, info.api_version),
+            hint=info.hint + "; see docs/plugins.md (Migrating a plugin from 1.x to 2.0)",
+        )
+        for attr in {*_HOOK_TO_REGISTRY.values(), "schedules"}:
+            getattr(regs, attr).note_not_loaded(error)
 
     # ------------------------------------------------------------ lifecycle
 
