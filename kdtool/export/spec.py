@@ -172,15 +172,20 @@ class Processing(BaseModel):
         return getattr(self, key, default) if key in self.keys() else default
 
     def keys(self) -> list[str]:
-        return [*type(self).model_fields, *(self.model_extra or {})]
+        """``kind`` and the fields the task gave, as the plain dict of schema 1 had them."""
+        given = [k for k in type(self).model_fields if k in self.model_fields_set and k != "kind"]
+        return ["kind", *given, *(self.model_extra or {})]
 
     def items(self) -> list[tuple[str, Any]]:
         return [(k, getattr(self, k)) for k in self.keys()]
 
     def to_dict(self) -> dict[str, Any]:
-        if type(self) is Processing and not self.kind and not self.model_extra:
+        """The fields the task gave (typed defaults are not written, so a reader of the plain
+        JSON sees the keys it saw in schema 1), ``kind`` first."""
+        data = self.model_dump(mode="json", exclude_unset=True)
+        if not self.kind and not data:
             return {}
-        return self.model_dump(mode="json")
+        return {"kind": self.kind, **{k: v for k, v in data.items() if k != "kind"}}
 
 
 class ImagePreprocessing(Processing):

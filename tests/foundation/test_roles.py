@@ -215,7 +215,14 @@ def test_schema1_manifest_metadata_still_loads(tmp_path: Path) -> None:
     out = meta.to_dict()
     assert out["schema_version"] == METADATA_SCHEMA_VERSION == 2
     assert out["preprocessing"]["normalization"] == "inside" and out["preprocessing"]["size"] == [8, 8]
-    assert out["postprocessing"] == {"kind": "softmax_argmax", "axis": None}
+    assert out["postprocessing"] == {"kind": "softmax_argmax"}  # only what the task gave
+    typed = DeployMetadata("t", preprocessing=ImagePreprocessing(mean=0.5, std=0.5, normalization="inside"))
+    assert typed.to_dict()["preprocessing"] == {
+        "kind": "image",
+        "mean": 0.5,
+        "std": 0.5,
+        "normalization": "inside",
+    }
 
 
 def test_typed_processing_by_kind_keeps_task_fields_and_reads_like_a_dict() -> None:
