@@ -325,15 +325,24 @@ def read_manifest(root: Path, split: str, opts: HTRDataOptions) -> list[LineReco
     return records
 
 
+def interleave(first: list[LineRecord], second: list[LineRecord]) -> list[LineRecord]:
+    """Merge two lists evenly: item i of a list of n sits at (i + 0.5) / n; order kept within each."""
+    keyed = [((i + 0.5) / len(first), 0, r) for i, r in enumerate(first)]
+    keyed += [((i + 0.5) / len(second), 1, r) for i, r in enumerate(second)]
+    return [r for _, _, r in sorted(keyed, key=lambda t: (t[0], t[1]))]
+
+
 def embedded_records(split: str, opts: HTRDataOptions, seed: int, cache_dir: Path | None) -> list[LineRecord]:
     """The embedded default: digit lines (real handwriting) and distorted font lines.
 
-    Generation is deterministic in (seed, split, options) and cached under ``cache_dir``."""
+    Generation is deterministic in (seed, split, options) and cached under ``cache_dir``. The
+    two sources are interleaved evenly (not digits first), so any prefix of the split (the tune
+    split is the first ``tune_fraction`` of train) holds both in proportion."""
     e = opts.embedded
     n_digits = e.digit_lines if split == "train" else e.val_digit_lines
     n_font = e.font_lines if split == "train" else e.val_font_lines
     key = hashlib.sha256(
-        json.dumps([split, seed, opts.height, e.model_dump(mode="json"), 2], sort_keys=True).encode()
+        json.dumps([split, seed, opts.height, e.model_dump(mode="json"), 3], sort_keys=True).encode()
     ).hexdigest()[:16]
     cache = cache_dir / f"htr_embedded_{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
@@ -368,6 +377,9 @@ def embedded_records(split: str, opts: HTRDataOptions, seed: int, cache_dir: Pat
                 image=(ink * 255).astype(np.uint8),
             )
         )
+    records = interleave(records[:n_digits], records[n_digits:])
+    for k, record in enumerate(records):
+        record.where = f"embedded {split} line {k}"
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
