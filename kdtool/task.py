@@ -8,6 +8,7 @@ artifact), and describes models for export with an :class:`~kdtool.export.spec.E
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ class RoleSpec:
         for name, field in self.options.model_fields.items():
             ann = field.annotation
             type_name = getattr(ann, "__name__", None) if isinstance(ann, type) else None
-            type_text = type_name or str(ann).replace("typing.", "")
+            # "kdtool_asr.training.Ramp | None" -> "Ramp | None"
+            type_text = type_name or re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(ann))
             if field.is_required():
                 default = "(required)"
             elif field.default_factory is not None:
