@@ -364,7 +364,7 @@ def _curves(run: RunData) -> str:
     stages = _stages(run)
     overview = plots.metric_overview(run.records, stages, run.metric, run.higher_is_better)
     parts.append(png_figure(overview, f"validation {run.metric} of every stage"))
-    for stage, role in stages:
+    for stage, role, _style in stages:
         png = plots.stage_curves(
             run.records, stage, run.metric, run.higher_is_better, f"stage {stage} ({role})"
         )

@@ -245,7 +245,7 @@ def test_typed_processing_by_kind_keeps_task_fields_and_reads_like_a_dict() -> N
         "features": 8,
     }
     with pytest.raises(ValueError):
-        ImagePreprocessing(normalization="sideways")  # type: ignore[arg-type]
+        ImagePreprocessing(channels="CMYK")  # type: ignore[arg-type]
 
 
 def test_coreml_image_input_reads_typed_fields() -> None:
