@@ -41,6 +41,11 @@ API_CHANGES: list[str] = [
     "'kind'; image 'normalization' is 'inside' | 'outside' | 'none' (was prose); metadata "
     "schema_version 2",
     "Task is generic: Task[OptionsT, DataT] types self.options and self.data",
+    "distillation points: a task declares `distill_points` (kdtool.distill.PointSpec) and its "
+    "step calls `ctx.expose(kind, tensor[, side='teacher'])`; the engine pairs every KD loss of "
+    "the recipe with matching points (a task no longer calls `ctx.loss(name)` for KD terms)",
+    "export verification (parity, metric, tolerances) is done by the export driver "
+    "(kdtool.export.verify); an exporter converts, loads a runner and optionally inspects",
 ]
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -83,7 +88,9 @@ def register_losses(register: Register) -> None:
     ``register("kl_t", SoftTargetKL)``. Recipes name losses in ``stages[].losses[].name`` with
     keyword ``options``; the engine instantiates them, moves them to the device, optimises
     their parameters (e.g. a FitNets hint projection) with the stage and checkpoints them.
-    Losses are dropped at export.
+    Losses are dropped at export. A distillation loss declares the point kinds it compares
+    (``accepts = ("logits", "sequence_posteriors")``, see :mod:`kdtool.distill`); the engine
+    then pairs it with any task's exposed points of those kinds (docs/writing-a-kd-loss.md).
     """
 
 

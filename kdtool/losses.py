@@ -2,7 +2,9 @@
 
 All are ``nn.Module``s: a loss with parameters (the FitNets hint projection) is optimised and
 checkpointed with its stage and dropped at export. Distillation losses take
-``(student, teacher)`` with the teacher's values treated as constants.
+``(student, teacher)`` with the teacher's values treated as constants, and declare the
+distillation point kinds they ``accepts`` (:mod:`kdtool.distill`): the engine pairs a recipe's
+``between: {student: <point>, teacher: <point>}`` only with a loss that accepts both kinds.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class SoftTargetKL(nn.Module):
     positions where ``mask`` is true.
     """
 
+    accepts = ("logits", "sequence_posteriors", "lattice")
+
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         if temperature <= 0:
@@ -67,10 +71,19 @@ class SoftTargetKL(nn.Module):
 
 
 class MSELogits(nn.Module):
-    """Mean squared error between student and teacher logits (Ba & Caruana)."""
+    """Mean squared error between student and teacher logits (Ba & Caruana); with ``mask``
+    (e.g. padded frames of a sequence) averaged over the valid positions only."""
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
+    accepts = ("logits", "sequence_posteriors", "landmarks")
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if mask is None:
+            return F.mse_loss(student_logits.float(), teacher_logits.detach().float())
+        squared = (student_logits.float() - teacher_logits.detach().float()).pow(2)
+        per_position = squared.reshape(*mask.shape, -1).mean(-1)
+        return _masked_mean(per_position, mask)
 
 
 class AlphaDivergence(nn.Module):
@@ -91,6 +104,8 @@ class AlphaDivergence(nn.Module):
     -(f(r) - r f'(r)). w is formed in log space (w = p for a = 1), so a student probability
     that underflows does not lose the gradient.
     """
+
+    accepts = ("logits", "sequence_posteriors", "lattice")
 
     def __init__(self, alpha_minus: float = -1.0, alpha_plus: float = 1.0, clip: float | None = 5.0) -> None:
         super().__init__()
@@ -145,6 +160,8 @@ class FeatureHint(nn.Module):
     at export.
     """
 
+    accepts = ("features", "logits")
+
     def __init__(self, student_channels: int, teacher_channels: int) -> None:
         super().__init__()
         self.projection = nn.Linear(student_channels, teacher_channels)
@@ -156,11 +173,18 @@ class FeatureHint(nn.Module):
 
 class ChannelWiseDistillation(nn.Module):
     """CWD (Shu et al.): per channel, a softmax over spatial positions at temperature T; the
-    KL from the teacher's to the student's channel distribution, times T^2, divided by N*C."""
+    KL from the teacher's to the student's channel distribution, times T^2, divided by N*C.
+    ``detach_teacher=False`` lets the gradient reach the target too (a model distilling into
+    itself, e.g. segmentation's symmetric dual-path CWD)."""
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    accepts = ("features",)
+
+    def __init__(self, temperature: float = 4.0, detach_teacher: bool = True) -> None:
         super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
         self.temperature = temperature
+        self.detach_teacher = detach_teacher
 
     def forward(self, student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
         if student_maps.shape != teacher_maps.shape:
@@ -169,8 +193,10 @@ class ChannelWiseDistillation(nn.Module):
             )
         n, c = student_maps.shape[:2]
         t = self.temperature
+        if self.detach_teacher:
+            teacher_maps = teacher_maps.detach()
         s = student_maps.float().reshape(n, c, -1) / t
-        p_log = F.log_softmax(teacher_maps.detach().float().reshape(n, c, -1) / t, dim=-1)
+        p_log = F.log_softmax(teacher_maps.float().reshape(n, c, -1) / t, dim=-1)
         q_log = F.log_softmax(s, dim=-1)
         kl = (p_log.exp() * (p_log - q_log)).sum()
         return kl * t * t / (n * c)
@@ -185,6 +211,8 @@ class CTCPosteriorKD(nn.Module):
     without this the student mostly learns to copy blanks.
     Inputs: logits (N, T, V) and ``lengths`` (N,) valid frames per sample.
     """
+
+    accepts = ("sequence_posteriors",)
 
     def __init__(
         self,

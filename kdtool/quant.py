@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kdtool.errors import RecipeError
+from kdtool.export.spec import take
 
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -474,7 +475,7 @@ def prepare_stage_model(
         )
     hints = [n for g in spec.graphs for n in g.quantization.exclude_nodes]
     samples = [
-        (g, x) for g in graphs for x in _take(g.calibration_inputs(calibration_samples), calibration_samples)
+        (g, x) for g in graphs for x in take(g.calibration_inputs(calibration_samples), calibration_samples)
     ]  # type: ignore[misc]
     if not samples:
         raise RecipeError(f"quantization-aware stage for model {model_name!r}: calibration inputs are empty")
@@ -500,10 +501,3 @@ def prepare_stage_model(
     plan["calibration_samples"] = calibrate(model, [(lambda g=g, x=x: g.module(*x)) for g, x in samples])
     model.train(was_training)
     return plan
-
-
-def _take(items: Iterable[Any], n: int) -> Iterator[Any]:
-    for i, item in enumerate(items):
-        if i >= n:
-            return
-        yield item

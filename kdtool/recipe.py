@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kdtool.errors import RecipeError
 from kdtool.registry import suggest
@@ -87,14 +96,42 @@ class TeacherRef(_Strict):
         return self
 
 
+class Between(_Strict):
+    """The distillation points a KD loss compares, e.g. ``{student: logits, teacher: logits}``
+    or ``features/layer3`` (see :mod:`kdtool.distill`)."""
+
+    student: str
+    teacher: str
+
+
 class LossTerm(_Strict):
     """A named loss term and its weight. ``loss`` instantiates a registered loss module for
-    the term (``ctx.loss(name)`` in the task's step); without it the task computes the term."""
+    the term. A distillation loss (one that declares the point kinds it ``accepts``) is
+    evaluated by the engine ``between`` a student and a teacher point (default: the task's
+    pairing), with ``temperature`` passed to the loss; any other loss is the task's
+    (``ctx.loss(name)``). Without ``loss`` the task computes the term."""
 
     name: str
     weight: float = 1.0
     loss: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    between: Between | None = None
+    temperature: float | None = Field(default=None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_pairing(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Entries written before points existed dump (and hash, see engine/stagehash.py) as before.
+        data = handler(self)
+        for key in ("between", "temperature"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    @model_validator(mode="after")
+    def _between_needs_loss(self) -> LossTerm:
+        if (self.between is not None or self.temperature is not None) and self.loss is None:
+            raise ValueError("'between' and 'temperature' need a 'loss' (a registered distillation loss)")
+        return self
 
 
 class OptimizerConfig(_Strict):

@@ -20,11 +20,12 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
+from kdtool.distill import PointSpec
 from kdtool.export.spec import ExportSpec, as_tuple
 
 if TYPE_CHECKING:
     from kdtool.engine.context import StepContext
-    from kdtool.recipe import StageConfig
+    from kdtool.recipe import LossTerm, StageConfig
 
 Split = Literal["train", "val"]
 
@@ -184,6 +185,12 @@ class Task(ABC, Generic[OptionsT, DataT]):
     roles: ClassVar[Mapping[str, RoleSpec] | None] = None
     # Shorthand of plugin API 1.x: one options model for every role (used when ``roles`` is None).
     StageOptions: ClassVar[type[BaseModel] | None] = None
+    # Distillation points the task's training step exposes (kdtool.distill): any registered
+    # KD loss that accepts a point's kind can be paired on it by a recipe.
+    distill_points: ClassVar[tuple[PointSpec, ...]] = ()
+    # The pairing a KD loss entry without ``between`` uses, e.g. {"student": "logits",
+    # "teacher": "logits"} (None: such an entry is an error).
+    default_between: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, options: OptionsT, data: DataT, *, seed: int, cache_dir: Path) -> None:
         self.options: OptionsT = options
@@ -274,6 +281,17 @@ class Task(ABC, Generic[OptionsT, DataT]):
         """Named, unweighted losses for one batch. The engine weights them with the stage's
         ``losses[].weight`` (1.0 for terms the recipe does not list), sums and back-propagates,
         unless the step called ``ctx.backward`` itself (e.g. the sandwich rule)."""
+
+    def distill_between(self, stage: StageConfig) -> dict[str, str] | None:
+        """The default pairing of a stage (default :attr:`default_between`); a task may pick
+        it from the stage's options."""
+        return self.default_between
+
+    def default_distill(self, stage: StageConfig) -> Sequence[LossTerm]:
+        """KD entries the engine uses when the stage's recipe lists none (each a LossTerm with
+        a registered ``loss``; its weight comes from the recipe entry of the same name, or 1).
+        E.g. a task that always distils its students names its default loss here. Default: none."""
+        return ()
 
     def init_stage_model(
         self,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdtool.distill import DistillPlan, Point
 from kdtool.errors import RecipeError
 
 
@@ -43,6 +44,11 @@ class StepContext:
     - ``teacher_outputs(batch)``: the frozen teachers' outputs, cached when allowed.
     - ``backward(loss)``: for steps that back-propagate several times (the sandwich rule);
       scales for accumulation and fp16 and counts; the engine then skips its own backward.
+    - ``expose(point, tensor, side=..., lengths=..., mask=..., target=...)``: a distillation point
+      of this step (student side by default); ``wants(point)`` says whether any recipe loss uses
+      it, so a task can skip computing unused features; ``distill()`` evaluates every recipe KD
+      entry whose two points are exposed (named terms) and consumes the student points; the
+      engine evaluates what is still pending when the step returns (``finish_step``).
     - ``generator``: a torch generator on ``device`` seeded from (seed, global step), so noise
       drawn in a step is the same after a resume.
     """
@@ -75,12 +81,14 @@ class StepContext:
         self.seed = 0
         self.backward_calls = 0
         self.generator = torch.Generator(device=device)
+        self.distill_plan = DistillPlan([])
 
     def begin_step(self, *, seed: int, step: int, epoch: int) -> None:
         self.seed = seed
         self.step = step
         self.epoch = epoch
         self.backward_calls = 0
+        self.distill_plan.begin_step()
         self.generator.manual_seed((seed * 7919 + step * 104729 + self.rank) & 0x7FFFFFFFFFFFFFFF)
 
     @property
@@ -100,6 +108,44 @@ class StepContext:
                 f"build one; add {{name: {term}, loss: <registered loss>}} (built: {list(self.losses)})"
             )
         return self.losses[term]
+
+    def use_stage(self, stage: Any, task: Any, losses: Any = None) -> DistillPlan:
+        """Pair the stage's KD entries for ``task`` (the engine does this when a stage starts;
+        code that calls ``training_step`` directly calls it too). ``losses``: the loss registry
+        (default: the loaded plugins')."""
+        from kdtool.distill import plan_stage
+
+        if losses is None:
+            from kdtool.plugins import get_registries
+
+            losses = get_registries().losses
+        self.distill_plan = plan_stage(stage, task, losses, self.losses)
+        return self.distill_plan
+
+    def wants(self, point: str, side: str | None = None) -> bool:
+        """True when a recipe loss of this stage uses ``point`` (on ``side``, or either)."""
+        return self.distill_plan.wants(point, side)
+
+    def expose(
+        self,
+        point: str,
+        value: torch.Tensor,
+        *,
+        side: str = "student",
+        lengths: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+    ) -> None:
+        """Offer a distillation point (a reference such as ``logits`` or ``features/layer3``)."""
+        self.distill_plan.expose(Point(point, value, lengths=lengths, mask=mask, target=target), side)
+
+    def distill(self) -> dict[str, torch.Tensor]:
+        """The KD terms of the exposed pairs, unweighted (the engine weights returned terms)."""
+        return self.distill_plan.distill()
+
+    def finish_step(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called by the engine after ``training_step``: adds the pairs still pending."""
+        return self.distill_plan.finish_step(terms)
 
     def teacher_outputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self._teacher_fn is None:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdtool import __version__
 from kdtool.data import EpochSampler
+from kdtool.distill import build_module, check_entry, loss_accepts, plan_stage
 from kdtool.engine import distributed as kdist
 from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from kdtool.engine.context import StepContext, TeacherCache
@@ -211,18 +212,13 @@ def build_losses(stage: StageConfig, registries: Registries) -> nn.ModuleDict:
         if term.loss is None:
             continue
         cls = registries.losses.get(term.loss)
-        try:
-            modules[term.name] = cls(**term.options)
-        except TypeError as exc:
-            raise RecipeError(
-                f"stage {stage.name!r}: loss {term.loss!r} rejected options {term.options}: {exc}"
-            ) from None
+        modules[term.name] = build_module(term, cls, where=f"stage {stage.name!r}, losses.{term.name}")
     return modules
 
 
 def check_recipe_names(recipe: Recipe, registries: Registries) -> None:
     """Fail before any training when a recipe names something no plugin registered."""
-    registries.tasks.get(recipe.task.name)
+    task_cls = registries.tasks.get(recipe.task.name)
     for name, cfg in recipe.models.items():
         if cfg.arch not in registries.models:
             raise _unknown(f"models.{name}.arch", registries.models, cfg.arch)
@@ -231,6 +227,25 @@ def check_recipe_names(recipe: Recipe, registries: Registries) -> None:
         for term in stage.losses:
             if term.loss is not None and term.loss not in registries.losses:
                 raise _unknown(f"{where}.losses.{term.name}.loss", registries.losses, term.loss)
+            if term.loss is None:
+                continue
+            loss_cls = registries.losses.get(term.loss)
+            if loss_accepts(loss_cls) and getattr(task_cls, "distill_points", ()):
+                check_entry(
+                    term,
+                    loss_cls,
+                    list(getattr(task_cls, "distill_points", ()) or ()),
+                    task_cls.default_between,
+                    task_name=recipe.task.name,
+                    where=f"{where}.losses.{term.name}",
+                    registered={n: loss_accepts(registries.losses.get(n)) for n in registries.losses.names()},
+                )
+            elif term.between is not None:
+                raise RecipeError(
+                    f"{where}.losses.{term.name}: loss {term.loss!r} declares no point kinds it accepts, "
+                    "so it cannot take 'between'",
+                    hint="distillation losses set `accepts = (...)`; see docs/writing-a-kd-loss.md",
+                )
         if stage.optimizer.name not in registries.optimizers:
             raise _unknown(f"{where}.optimizer.name", registries.optimizers, stage.optimizer.name)
         if stage.schedule.name not in registries.schedules:
@@ -490,7 +505,9 @@ class Engine:
             teacher.to(device).eval().requires_grad_(False)
             task.check_teacher(stage, ref.name, teacher)
             teachers[ref.name] = teacher
-        losses = build_losses(stage, self.registries).to(device)
+        losses = build_losses(stage, self.registries)
+        distill_plan = plan_stage(stage, task, self.registries.losses, losses)
+        losses = losses.to(device)
 
         train_set = self._dataset("train")
         subset = self._train_subset(stage)
@@ -573,6 +590,7 @@ class Engine:
             world_size=dist_info.world_size,
         )
         ctx.total_steps = total_steps
+        ctx.distill_plan = distill_plan
 
         stage_ckpt_dir = run_dir / "checkpoints" / stage.name
         metrics_log = MetricsLog(
@@ -705,7 +723,7 @@ class Engine:
                     with sync:
                         ctx.backward_calls = 0
                         with ctx.autocast():
-                            terms = task.training_step(stage, models_view, batch, ctx)
+                            terms = ctx.finish_step(task.training_step(stage, models_view, batch, ctx))
                         total = _weighted_total(stage, terms, state.step)
                         if ctx.backward_calls == 0:
                             ctx.backward(total)

@@ -28,6 +28,7 @@ from kdtool.export.exporter import Artifact, ExportContext, Exporter, ExporterOp
 from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, file_entries, write_manifest
 from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
+from kdtool.export.verify import artifact_graphs, compare_metric, describe_failures, verify_artifact
 from kdtool.io import sha256_file
 from kdtool.plugins import PluginManager, Registries, get_plugin_manager
 from kdtool.recipe import load_recipe
@@ -144,9 +145,15 @@ def apply_batch(spec: ExportSpec, batch: int) -> ExportSpec:
     return replace(spec, graphs=graphs)
 
 
-def metric_drop(pytorch: float, artifact: float, higher_is_better: bool) -> float:
-    """How much worse the artifact is (positive = worse)."""
-    return pytorch - artifact if higher_is_better else artifact - pytorch
+def warn_own_verify(exporter: Exporter, echo: Callable[[str], None]) -> None:
+    """Plugin API 2.0: the driver verifies every artifact; an exporter's own ``verify()`` is
+    not called any more. Say so (once per export) so the plugin's author removes it."""
+    if getattr(type(exporter), "verify", None) is not None:
+        echo(
+            f"kdtool: warning: exporter {exporter.capabilities.name!r} defines verify(), which kdtool no longer "
+            "calls: the export driver verifies every artifact (kdtool.export.verify) through load(); move "
+            "structural checks to inspect() and tolerances to Capabilities(tolerances=...)"
+        )
 
 
 class RunContext:
@@ -283,6 +290,7 @@ def export_model(
     verification: dict[str, Any] = {"parity": [], "passed": None, "checks": {}}
     metric_block: dict[str, Any] | None = None
     status = "ok"
+    parity_problem = ""
     manifest: dict[str, Any] = _base_manifest(
         ctx_run, profile, exporter, precision, options, model_name, spec, artifact, tmp_dir, export_seconds
     )
@@ -290,7 +298,16 @@ def export_model(
     manifest["batch"] = request.batch
     if request.verify:
         echo(f"export {profile.name}: verifying parity with PyTorch")
-        result = exporter.verify(spec, artifact, _with_precision(options, precision))
+        warn_own_verify(exporter, echo)
+
+        def measure(runner: Predictor) -> dict[str, Any]:
+            echo(
+                f"export {profile.name}: computing {ctx_run.task.primary_metric.name} of PyTorch and the artifact "
+                f"on {request.eval_limit or 'all'} validation samples"
+            )
+            return compare_metric(ctx_run.task, spec, runner, request.eval_limit)
+
+        result = verify_artifact(exporter, spec, artifact, options, manifest, metric=measure)
         not_verified.extend(result.not_verified)
         verification = {
             "parity": [p.to_dict() for p in result.parity],
@@ -299,27 +316,12 @@ def export_model(
         }
         if result.parity and not result.passed:
             status = "parity_failed"
-        runnable, why = exporter.can_run_here(_with_precision(options, precision))
-        runner = None
-        if runnable:
-            try:
-                runner = exporter.load(tmp_dir, manifest)
-            except ExportError as exc:
-                not_verified.append(
-                    f"task metric of the artifact: it does not load on this machine ({exc.message})"
-                )
-        if runnable and runner is not None:
-            echo(
-                f"export {profile.name}: computing {ctx_run.task.primary_metric.name} of PyTorch and the artifact "
-                f"on {request.eval_limit or 'all'} validation samples"
-            )
-            metric_block = _compare_metric(ctx_run, spec, runner, request.eval_limit)
-            if request.max_metric_drop is not None:
-                metric_block["max_drop"] = request.max_metric_drop
-                if metric_block["drop"] > request.max_metric_drop:
-                    status = "metric_failed"
-        elif not runnable:
-            not_verified.append(f"task metric of the artifact: {why}")
+            parity_problem = describe_failures(result)
+        metric_block = result.metric
+        if metric_block is not None and request.max_metric_drop is not None:
+            metric_block["max_drop"] = request.max_metric_drop
+            if metric_block["drop"] > request.max_metric_drop and status == "ok":
+                status = "metric_failed"
     else:
         not_verified.append("verification skipped (--no-verify)")
     manifest["status"] = status
@@ -352,7 +354,8 @@ def export_model(
         refresh_run_report(ctx_run.run_dir, echo)
     if status == "parity_failed":
         raise ExportError(
-            f"export {profile.name}: the artifact does not match PyTorch (see {out_dir / 'manifest.json'})"
+            f"export {profile.name}: the artifact does not match PyTorch: {parity_problem} "
+            f"(see {out_dir / 'manifest.json'})"
         )
     if status == "metric_failed":
         assert metric_block is not None
@@ -476,27 +479,6 @@ def _with_precision(options: ExporterOptions, precision: str) -> ExporterOptions
     return options.model_copy(update={"precision": precision})
 
 
-def _compare_metric(
-    ctx_run: RunContext, spec: ExportSpec, runner: Predictor, limit: int | None
-) -> dict[str, Any]:
-    task = ctx_run.task
-    metric = task.primary_metric
-    reference = task.evaluate(Predictor.from_spec(spec), "val", limit=limit)
-    artifact = task.evaluate(runner, "val", limit=limit)
-    return {
-        "name": metric.name,
-        "higher_is_better": metric.higher_is_better,
-        "pytorch": float(reference[metric.name]),
-        "artifact": float(artifact[metric.name]),
-        "drop": metric_drop(
-            float(reference[metric.name]), float(artifact[metric.name]), metric.higher_is_better
-        ),
-        "pytorch_all": reference,
-        "artifact_all": artifact,
-        "samples": limit,
-    }
-
-
 def _base_manifest(
     ctx_run: RunContext,
     profile: TargetProfile,
@@ -534,35 +516,7 @@ def _base_manifest(
             "weights_sha256": sha256_file(weights),
         },
         "export_spec_version": spec.version,
-        "graphs": {
-            g.name: {
-                "file": str(artifact.graph_files[g.name].relative_to(directory)),
-                "inputs": [
-                    {
-                        "name": t.name,
-                        "shape": list(t.shape),
-                        "dtype": t.dtype,
-                        "role": t.role,
-                        "description": t.description,
-                    }
-                    for t in g.inputs
-                ],
-                "outputs": [
-                    {
-                        "name": t.name,
-                        "shape": list(t.shape),
-                        "dtype": t.dtype,
-                        "role": t.role,
-                        "description": t.description,
-                    }
-                    for t in g.outputs
-                ],
-                "dynamic_axes": {
-                    k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()
-                },
-            }
-            for g in spec.graphs
-        },
+        "graphs": artifact_graphs(spec, artifact),
         "metadata": spec.metadata.to_dict(),
         "files": files,
         "size_bytes": sum(f["bytes"] for f in files),

@@ -1,9 +1,14 @@
-"""The exporter contract: capabilities, options, export, verify, and a runner for artifacts.
+"""The exporter contract: capabilities, options, export, load (a runner) and inspect.
 
 An exporter plugin subclasses :class:`Exporter`, declares :class:`Capabilities` in one
-place, and implements :meth:`Exporter.export`, :meth:`Exporter.verify` and
-:meth:`Exporter.load`. Exporters never call each other: one that starts from ONNX asks the
-framework through :meth:`ExportContext.require_artifact`.
+place (its tolerances included), and implements :meth:`Exporter.export` and
+:meth:`Exporter.load`; :meth:`Exporter.inspect` (structural checks), :meth:`Exporter.parity_plan`
+and :meth:`Exporter.stand_in` are optional. The export driver verifies every artifact the same
+way (:mod:`kdtool.export.verify`): parity with PyTorch and the task metric, through the runner
+``load`` returns (or the stand-in where the artifact cannot run on this machine). Exporters
+never call each other: one that starts from ONNX asks the framework through
+:meth:`ExportContext.require_artifact`, or uses the public helpers in
+:mod:`kdtool.export.onnx_utils`.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import platform
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from kdtool.export.spec import ExportSpec, as_tuple
+from kdtool.errors import ExportError
+from kdtool.export.spec import ExportSpec
 from kdtool.task import Predictor
 
 Precision = Literal["fp32", "fp16", "int8", "fp8"]
@@ -52,6 +59,13 @@ class Capabilities:
     requires: tuple[tuple[str, str], ...] = ()
     # Tasks whose export specs it takes (empty: any task), e.g. a speech runtime's layout.
     tasks: tuple[str, ...] = ()
+    # Parity tolerances: precision -> a row of kdtool.export.verify.TOLERANCES, where the
+    # artifact's numerics differ from the precision's own row (e.g. TensorRT FP32 runs TF32).
+    tolerances: tuple[tuple[str, str], ...] = ()
+
+    def tolerance_key(self, precision: str) -> str:
+        """The row of ``kdtool.export.verify.TOLERANCES`` for artifacts of ``precision``."""
+        return dict(self.tolerances).get(precision, precision)
 
     def missing_requirements(self) -> list[tuple[str, str]]:
         import importlib.util
@@ -76,6 +90,8 @@ class Artifact:
 
 @dataclass
 class ParityResult:
+    """One output of one graph at one set of sizes, compared with PyTorch."""
+
     graph: str
     sizes: dict[str, int]
     output: str
@@ -83,6 +99,19 @@ class ParityResult:
     max_rel_error: float
     tolerance: float
     passed: bool
+
+    @property
+    def message(self) -> str:
+        """One line naming the graph, output, sizes and the error against the tolerance."""
+        if self.output.startswith("("):  # the artifact did not run, or an output is missing
+            return f"graph {self.graph!r} at sizes {self.sizes}: {self.output.strip('()')}"
+        if self.max_rel_error == float("inf"):
+            return f"graph {self.graph!r} output {self.output!r} at sizes {self.sizes}: shape differs from PyTorch"
+        return (
+            f"graph {self.graph!r} output {self.output!r} at sizes {self.sizes}: max relative error "
+            f"{self.max_rel_error:.3g} (max abs {self.max_abs_error:.3g}) "
+            f"{'<=' if self.passed else '>'} tolerance {self.tolerance:g}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,13 +127,59 @@ class ParityResult:
 
 @dataclass
 class VerifyResult:
+    """What the driver's verification found (see :func:`kdtool.export.verify.verify_artifact`)."""
+
     parity: list[ParityResult] = field(default_factory=list)
     not_verified: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+    # The task metric of PyTorch and of the artifact (or its stand-in), when measured.
+    metric: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         return all(p.passed for p in self.parity)
+
+    @property
+    def failures(self) -> list[ParityResult]:
+        return [p for p in self.parity if not p.passed]
+
+
+@dataclass
+class ParityPlan:
+    """How the driver compares an artifact with PyTorch; :meth:`Exporter.parity_plan` makes it.
+
+    Per graph: up to ``samples`` real inputs (the task's calibration inputs, at their natural
+    sizes), then random inputs at ``sizes`` (default: each graph's ``test_sizes()``).
+    """
+
+    # Allowed max relative error (to the reference's max magnitude) on real samples.
+    tolerance: float
+    # On random inputs; ``inf`` checks shapes only (a quantized graph's calibrated range does
+    # not cover random inputs). None: the same as ``tolerance``.
+    random_tolerance: float | None = None
+    samples: int = 4
+    # Graph name -> the sizes of random inputs; graphs not named use their test_sizes().
+    sizes: dict[str, list[dict[str, int]]] | None = None
+    # Whether a real sample is in what the artifact accepts (e.g. a TensorRT profile's range).
+    accepts: Callable[[Any, tuple[torch.Tensor, ...]], bool] | None = None
+    # Maps inputs to what the artifact can represent (e.g. an image input's uint8 pixels)
+    # before PyTorch and the artifact both run them.
+    prepare: Callable[[Any, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]] | None = None
+
+
+@dataclass
+class StandIn:
+    """What runs in the artifact's place where it cannot run here (TensorRT without a GPU: the
+    TensorRT-ready ONNX it was built from, in ONNX Runtime), or where its runner has no
+    per-graph callables (sherpa-onnx decodes whole utterances)."""
+
+    runner: ArtifactRunner
+    # What runs, for the manifest, e.g. "onnxruntime (TensorRT-ready ONNX; no engine built here)".
+    description: str
+    # Its row of kdtool.export.verify.TOLERANCES (the stand-in's own numerics).
+    precision: str
+    # Whether the task metric is measured on it when the artifact itself cannot run.
+    metric: bool = True
 
 
 class ExportContext:
@@ -130,7 +205,39 @@ class ExportContext:
 
 
 class ArtifactRunner(Predictor):
-    """A loaded artifact that runs: the same interface as a PyTorch predictor."""
+    """A loaded artifact that runs: the same interface as a PyTorch predictor (positional CPU
+    tensors per graph), and :meth:`run_named` for named numpy inputs and outputs."""
+
+    def __init__(
+        self,
+        graphs: Mapping[str, Callable[..., tuple[torch.Tensor, ...]]],
+        *,
+        kind: str,
+        input_names: Mapping[str, list[str]] | None = None,
+        output_names: Mapping[str, list[str]] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(graphs, kind=kind, input_names=input_names, metadata=metadata)
+        self.output_names = dict(output_names or {})
+
+    def run_named(self, feed: Mapping[str, Any], *, graph: str | None = None) -> dict[str, np.ndarray]:
+        """Run one graph on named arrays (``{"image": array}``) and return named numpy outputs
+        (``output_<i>`` where the runner does not know the names)."""
+        if graph is None:
+            if len(self.graphs) != 1:
+                raise ExportError(f"the artifact has graphs {sorted(self.graphs)}; pass graph=NAME")
+            graph = next(iter(self.graphs))
+        if graph not in self.graphs:
+            raise ExportError(f"the artifact has no graph {graph!r}; graphs: {sorted(self.graphs)}")
+        names = self.input_names.get(graph)
+        if not names:
+            raise ExportError(f"graph {graph!r} of this {self.kind} runner does not name its inputs")
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise ExportError(f"graph {graph!r} needs inputs {names}; missing {missing}")
+        outputs = self.graphs[graph](*[torch.as_tensor(np.asarray(feed[n])) for n in names])
+        out_names = self.output_names.get(graph) or [f"output_{i}" for i in range(len(outputs))]
+        return {n: o.detach().cpu().numpy() for n, o in zip(out_names, outputs, strict=False)}
 
 
 class Exporter(ABC):
@@ -145,13 +252,31 @@ class Exporter(ABC):
         """Write the artifact for ``spec`` into ``out_dir``."""
 
     @abstractmethod
-    def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
-        """Compare the artifact to PyTorch where this machine can run it; say what was not
-        checked and why where it cannot."""
-
-    @abstractmethod
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
-        """Load an artifact folder (with its ``manifest.json``) as a runner."""
+        """Load an artifact folder (with its ``manifest.json``) as a runner: one callable per
+        graph over CPU torch tensors. Raise :class:`~kdtool.errors.ExportError` where it
+        cannot load (the driver then says so in the manifest)."""
+
+    def inspect(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> dict[str, Any]:
+        """Structural checks the driver records under ``verification.checks`` (op histogram,
+        interface against the spec, weight storage...). Raise ``ExportError`` for an artifact
+        that is wrong whatever its numbers. Default: none."""
+        return {}
+
+    def parity_plan(
+        self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions, *, precision: str | None = None
+    ) -> ParityPlan:
+        """How to compare with PyTorch. ``precision``: the tolerance row to use (a stand-in's);
+        default: this exporter's row for ``options.precision`` (see ``Capabilities.tolerances``)."""
+        from kdtool.export.verify import tolerance_for
+
+        key = precision or self.capabilities.tolerance_key(options.precision)
+        return ParityPlan(tolerance=tolerance_for(key))
+
+    def stand_in(self, directory: Path, manifest: dict[str, Any], options: ExporterOptions) -> StandIn | None:
+        """What the driver may run in place of the artifact when it cannot run here (or its
+        runner has no per-graph callables). Default: nothing; parity is then not verified."""
+        return None
 
     def can_run_here(self, options: ExporterOptions) -> tuple[bool, str]:
         """Whether artifacts of this exporter (with these options) run on this machine."""
@@ -195,22 +320,7 @@ def compare_outputs(
     candidate: tuple[torch.Tensor, ...],
     tolerance: float,
 ) -> list[ParityResult]:
-    """Max abs and relative (to the reference's max magnitude) error per output."""
-    results = []
-    for name, ref, got in zip(names, as_tuple(reference), as_tuple(candidate), strict=False):
-        ref_f = ref.detach().float().cpu()
-        got_f = got.detach().float().cpu()
-        if ref_f.shape != got_f.shape:
-            results.append(ParityResult(graph, sizes, name, float("inf"), float("inf"), tolerance, False))
-            continue
-        if not ref.is_floating_point():
-            mismatch = float((ref_f != got_f).float().mean()) if ref_f.numel() else 0.0
-            results.append(
-                ParityResult(graph, sizes, name, mismatch, mismatch, tolerance, mismatch <= tolerance)
-            )
-            continue
-        abs_err = float((ref_f - got_f).abs().max()) if ref_f.numel() else 0.0
-        scale = float(ref_f.abs().max()) if ref_f.numel() else 1.0
-        rel = abs_err / max(scale, 1e-12)
-        results.append(ParityResult(graph, sizes, name, abs_err, rel, tolerance, rel <= tolerance))
-    return results
+    """Kept for plugin API 1.x: :func:`kdtool.export.verify.check_parity` with positional names."""
+    from kdtool.export.verify import check_parity
+
+    return check_parity(reference, candidate, tolerance, graph=graph, sizes=sizes, names=names)

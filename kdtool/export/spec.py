@@ -383,3 +383,16 @@ def as_tuple(outputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(outputs, Sequence):
         return tuple(outputs)
     raise TypeError(f"graph outputs must be a tensor or a tuple of tensors, got {type(outputs).__name__}")
+
+
+def take(items: Iterable[Any], n: int) -> list[Any]:
+    """The first ``n`` items of an iterable (e.g. a graph's ``calibration_inputs(n)``), without
+    drawing the item after them (a data loader may be slow to produce it)."""
+    out: list[Any] = []
+    if n <= 0:
+        return out
+    for item in items:
+        out.append(item)
+        if len(out) >= n:
+            break
+    return out

@@ -81,8 +81,10 @@ USAGE = {
     "loss": """
 ## Use
 
-In a recipe stage: `losses: [{name: kd, loss: ${name}, weight: 1.0, options: {temperature: 2.0}}]`
-(the task's `training_step` calls it through `ctx.loss("kd")`).
+In a recipe stage: `losses: [{name: kd, loss: ${name}, weight: 1.0, temperature: 2.0}]`. The loss
+declares the distillation point kinds it `accepts` (logits, sequence posteriors), so it works for
+every task that exposes one of them; `between: {student: <point>, teacher: <point>}` picks other
+points than the task's default pairing (see docs/writing-a-kd-loss.md).
 """,
     "task": """
 ## Use
@@ -115,9 +117,10 @@ kdtool export RUN --target ${name}
 LOSS_MODULE = '''\
 """kdtool plugin ${plugin}: the ``${name}`` distillation loss.
 
-A recipe stage uses it as ``losses: [{name: kd, loss: ${name}, options: {temperature: 2.0}}]``;
-the engine builds it, moves it to the device and optimises its parameters (if any) with the
-stage. Replace the soft-target KL below with your loss.
+A recipe stage uses it as ``losses: [{name: kd, loss: ${name}, temperature: 2.0}]``; the
+engine builds it, moves it to the device, optimises its parameters (if any) with the stage and
+calls it on every pair of distillation points whose kinds it ``accepts``, for any task.
+Replace the soft-target KL below with your loss.
 """
 
 from __future__ import annotations
@@ -139,6 +142,10 @@ class ${cls}Loss(nn.Module):
     may omit it.
     """
 
+    # The distillation point kinds it compares (kdtool.distill.POINT_KINDS): a recipe may pair
+    # it with any task's points of these kinds; others are refused when the recipe loads.
+    accepts = ("logits", "sequence_posteriors")
+
     # The shapes of forward's inputs: documentation for users, and what
     # kdtool.testing.check_loss feeds it (named axes get small sizes).
     input_specs = (
@@ -152,11 +159,18 @@ class ${cls}Loss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # mask: the valid leading positions (e.g. frames of a sequence), given by the engine
+        # from the point's lengths; None for plain (batch, classes) logits.
         t = self.temperature
         log_q = F.log_softmax(student_logits.float() / t, dim=-1)
         log_p = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * t * t
+        per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
+        if mask is not None:
+            per_position = per_position[mask]
+        return per_position.mean() * t * t
 
 
 @hookimpl
@@ -230,6 +244,7 @@ from kdtool import (
     TensorSpec,
     hookimpl,
 )
+from kdtool.distill import PointSpec
 from kdtool.errors import DataError
 from kdtool.hookspecs import Register
 
@@ -316,6 +331,10 @@ class ${cls}Task(Task[TaskOptions, ${cls}Data]):
     DataOptions = ${cls}Data
     roles = ROLES
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
+    # What the models expose for distillation, and the pairing a KD loss entry without
+    # `between` uses (any registered loss that accepts "logits" works here).
+    distill_points = (PointSpec("logits", description="(batch, classes) class logits"),)
+    default_between = {"student": "logits", "teacher": "logits"}
 
     data: ${cls}Data
 
@@ -341,10 +360,10 @@ class ${cls}Task(Task[TaskOptions, ${cls}Data]):
         ce = F.cross_entropy(logits.float(), batch["label"], label_smoothing=options.label_smoothing)
         terms = {"ce": ce}
         if stage.role == "student":  # a student has teachers: checked when the recipe loads
-            teacher_logits = ctx.teacher_outputs(batch)["logits"]
-            for term in stage.losses:
-                if term.loss is not None and term.name != "ce":
-                    terms[term.name] = ctx.loss(term.name)(logits, teacher_logits)
+            # Expose the distillation points; the engine evaluates every KD loss of the recipe
+            # on them (the task never names a loss).
+            ctx.expose("logits", logits)
+            ctx.expose("logits", ctx.teacher_outputs(batch)["logits"], side="teacher")
         return terms
 
     def teacher_outputs(
@@ -540,10 +559,7 @@ from kdtool.export.exporter import (
     ExportContext,
     Exporter,
     ExporterOptions,
-    VerifyResult,
-    compare_outputs,
 )
-from kdtool.export.spec import as_tuple
 from kdtool.export.targets import TargetProfile
 from kdtool.hookspecs import Register
 
@@ -593,18 +609,6 @@ class ${cls}Exporter(Exporter):
             zf.writestr("metadata.json", json.dumps(spec.metadata.to_dict()))
         shutil.rmtree(onnx_artifact.directory)  # the bundle replaces the intermediate ONNX files
         return Artifact(out_dir, {g.name: path for g in spec.graphs}, details={"members": len(spec.graphs) + 1})
-
-    def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
-        parity = []
-        with zipfile.ZipFile(artifact.directory / BUNDLE) as bundle:
-            for g in spec.graphs:
-                run = _runner(_session(bundle, g.name))
-                for sizes in g.test_sizes():
-                    inputs = g.make_inputs(sizes, generator=torch.Generator().manual_seed(0))
-                    with torch.no_grad():
-                        reference = as_tuple(g.module(*inputs))
-                    parity += compare_outputs(g.name, sizes, [t.name for t in g.outputs], reference, run(*inputs), 1e-3)
-        return VerifyResult(parity=parity)
 
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
         path = Path(directory) / BUNDLE

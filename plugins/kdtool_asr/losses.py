@@ -62,6 +62,16 @@ def collapsed_log_probs(logits: torch.Tensor, targets: torch.Tensor, blank: int)
     return torch.stack([log_blank, log_label, log_rest], -1)
 
 
+def lattice_point(
+    logits: torch.Tensor, targets: torch.Tensor, blank: int, distribution: Literal["collapsed", "full"] = "collapsed"
+) -> torch.Tensor:
+    """The ``lattice`` distillation point of joiner logits (B, T, U+1, V): the collapsed
+    (B, T, U+1, 3) log-probabilities by default, else the logits over the full vocabulary."""
+    if distribution == "collapsed":
+        return collapsed_log_probs(logits, targets, blank)
+    return logits.float()
+
+
 def lattice_kd(
     kd: torch.nn.Module,
     student_logits: torch.Tensor,
@@ -74,9 +84,6 @@ def lattice_kd(
 ) -> torch.Tensor:
     """``kd(student, teacher, mask)`` (e.g. the alpha-divergence) over the lattice nodes."""
     mask = lattice_mask(logit_lengths, target_lengths, student_logits.shape[1], student_logits.shape[2])
-    if distribution == "collapsed":
-        s = collapsed_log_probs(student_logits, targets, blank)
-        t = collapsed_log_probs(teacher_logits.detach(), targets, blank)
-    else:
-        s, t = student_logits.float(), teacher_logits.detach().float()
+    s = lattice_point(student_logits, targets, blank, distribution)
+    t = lattice_point(teacher_logits.detach(), targets, blank, distribution)
     return kd(s, t, mask)

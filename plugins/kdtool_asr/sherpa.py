@@ -62,14 +62,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnx
 import torch
 from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 from pydantic import Field
 from torch import nn
 
 from kdtool.errors import ExportError
-from kdtool.export.exporter import Artifact, ArtifactRunner, Capabilities, ExportContext, ExporterOptions
+from kdtool.export.exporter import (
+    Artifact,
+    ArtifactRunner,
+    Capabilities,
+    ExportContext,
+    ExporterOptions,
+    StandIn,
+)
+from kdtool.export.onnx_utils import load_onnx_runner, set_onnx_metadata
 from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.io import write_text
@@ -230,6 +237,16 @@ class SherpaExporter(OnnxExporter):
         options = SherpaOptions.model_validate(manifest.get("options", {}))
         return load_recognizer(directory, manifest.get("metadata", {}), options)
 
+    def stand_in(self, directory: Path, manifest: dict[str, Any], options: ExporterOptions) -> StandIn | None:
+        """sherpa-onnx decodes whole utterances (no per-graph callables), and may be missing:
+        the driver compares the three graphs with PyTorch in ONNX Runtime instead."""
+        files = {name: directory / info["file"] for name, info in manifest["graphs"].items()}
+        return StandIn(
+            runner=load_onnx_runner(files, manifest, options=options),
+            description="onnxruntime (the encoder, decoder and joiner graphs sherpa-onnx loads)",
+            precision=options.precision,
+        )
+
     def versions(self) -> dict[str, str]:
         out = super().versions()
         if sherpa_available():
@@ -283,15 +300,7 @@ def tokens_txt(vocab: Sequence[str]) -> str:
 
 def set_metadata(path: Path, props: dict[str, str]) -> None:
     """Add or replace ONNX model metadata entries (what sherpa-onnx's loaders read)."""
-    model = onnx.load(str(path))
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-    onnx.save(model, str(path))
+    set_onnx_metadata(path, props)
 
 
 # --------------------------------------------------------------------------- runner

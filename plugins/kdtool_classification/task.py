@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
+from kdtool.distill import PointSpec
 from kdtool.errors import DataError
 from kdtool.export.spec import (
     ClassPostprocessing,
@@ -125,6 +126,10 @@ class ClassificationTask(Task[TaskOptions, ClassificationData]):
     DataOptions = ClassificationData
     roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
+    # The student's class scores (a dual-head student: its distillation head) and the mean of
+    # the teachers' logits; any KD loss that accepts "logits" pairs them.
+    distill_points = (PointSpec("logits", description="(B, C) class logits"),)
+    default_between = {"student": "logits", "teacher": "logits"}
 
     data: ClassificationData
 
@@ -215,10 +220,9 @@ class ClassificationTask(Task[TaskOptions, ClassificationData]):
         terms = {"ce": ce}
         if stage.role == "student":
             teacher_logits = ctx.teacher_outputs(batch)["logits"]
-            for term in stage.losses:
-                if term.loss is not None and term.name != "ce":
-                    terms[term.name] = ctx.loss(term.name)(kd_logits, teacher_logits)
-        return terms
+            ctx.expose("logits", kd_logits)
+            ctx.expose("logits", teacher_logits, side="teacher")
+        return terms  # the engine adds the KD terms of the recipe's losses
 
     def train_indices(self, stage: StageConfig) -> list[int] | None:
         """A stage without teachers can learn only from labels: with ``labeled_fraction`` < 1 it

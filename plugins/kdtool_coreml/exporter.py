@@ -18,10 +18,12 @@
   compute units). ``image_input=true`` turns an image task's input into a Core ML image
   with the task's scale and per-channel bias (per-channel std folded into the graph when the
   channels' std differ).
-- Verification: the package is re-read and checked against the spec (names, types,
-  flexible shapes, output ranks), the weights against the requested precision or palette,
-  and the op list is recorded. Prediction runs only on macOS: there, outputs are compared
-  with PyTorch like the ONNX exporter does; elsewhere the manifest says parity was not checked.
+- Verification: :meth:`CoreMLExporter.inspect` re-reads the package and checks it against the
+  spec (names, types, flexible shapes, output ranks), the weights against the requested
+  precision or palette, and records the op list. Prediction runs only on macOS: there the
+  export driver (:mod:`kdtool.export.verify`) compares outputs with PyTorch through
+  :meth:`CoreMLExporter.load`, as for every format; elsewhere the manifest says parity was not
+  checked.
 """
 
 from __future__ import annotations
@@ -52,8 +54,7 @@ from kdtool.export.exporter import (
     ExportContext,
     Exporter,
     ExporterOptions,
-    VerifyResult,
-    compare_outputs,
+    ParityPlan,
     run_in_fixed_batches,
 )
 from kdtool.export.spec import (
@@ -64,13 +65,14 @@ from kdtool.export.spec import (
     TensorSpec,
     as_tuple,
     parse_processing,
+    take,
 )
+from kdtool.export.verify import max_relative_error, tolerance_for
 
 from .inspect import PackageInfo, check_interface, check_weights, expected_sizes, read_package
 from .options import MACOS_FOR_LEVEL, SPEC_LEVEL, CoreMLOptions, check_compatibility
 
 INSTALL_HINT = "pip install 'kdtool[coreml]'"
-TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.25, "palettize": 0.25}
 # Beyond this many enumerated shapes per input the package grows and the ANE gains little.
 MAX_ENUMERATED = 64
 _SYMBOLS = itertools.count(1)
@@ -211,10 +213,6 @@ class _ChannelScale(nn.Module):
 # --------------------------------------------------------------------------- conversion
 
 
-def _take(items: Any, n: int) -> list[tuple[torch.Tensor, ...]]:
-    return list(itertools.islice(iter(items), n))
-
-
 def _np_dtype(t: TensorSpec) -> Any:
     return np.float32 if t.torch_dtype.is_floating_point else np.int32
 
@@ -292,7 +290,7 @@ def quantize_activations(
         raise ExportError(
             f"quantize=w8a8: graph {graph.name!r} has no calibration inputs", hint="use --opt quantize=w8"
         )
-    samples = _take(graph.calibration_inputs(options.calibration_samples), options.calibration_samples)
+    samples = take(graph.calibration_inputs(options.calibration_samples), options.calibration_samples)
     if not samples:
         raise ExportError(
             f"quantize=w8a8: calibration data for graph {graph.name!r} is empty",
@@ -326,12 +324,11 @@ def quantize_activations(
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
             hint="the module must be torch.fx traceable; use --opt quantize=w8 (weights only) instead",
         ) from None
-    worst = 0.0
     with quiet(), torch.no_grad():
-        for inputs in samples[:4]:
-            for ref, got in zip(as_tuple(module(*inputs)), as_tuple(finalized(*inputs)), strict=False):
-                if ref.is_floating_point() and ref.numel():
-                    worst = max(worst, float((ref - got).abs().max()) / max(float(ref.abs().max()), 1e-12))
+        worst = max(
+            (max_relative_error(as_tuple(module(*x)), as_tuple(finalized(*x))) for x in samples[:4]),
+            default=0.0,
+        )
     info = {
         "method": "coremltools.optimize.torch LinearQuantizer (symmetric, per-channel INT8 weights, "
         "UINT8/INT8 activations), MinMax observers calibrated without training",
@@ -659,10 +656,11 @@ class CoreMLExporter(Exporter):
             )
         return Artifact(out_dir, graph_files, details=details, not_verified=not_verified)
 
-    def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
+    def inspect(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> dict[str, Any]:
+        """Each package re-read and checked against the spec (interface, shapes, metadata,
+        weight storage, op count); works on every platform."""
         assert isinstance(options, CoreMLOptions)
         import_coremltools()
-        result = VerifyResult()
         structure: dict[str, Any] = {}
         for graph in spec.graphs:
             path = artifact.graph_files[graph.name]
@@ -683,71 +681,45 @@ class CoreMLExporter(Exporter):
                 "ops": sum(info.ops.values()),
                 "spec_version": info.spec_version,
             }
-        result.checks["package_structure"] = structure
-        runnable, why = self.can_run_here(options)
-        if not runnable:
-            result.not_verified.append(
-                f"numerical parity with PyTorch: not checked on this platform ({platform.system()}): Core ML "
-                f"prediction {why}; the package was checked structurally (interface, shapes, weight storage, op list)"
-            )
-            return result
-        self._parity(spec, artifact, options, result)
-        return result
+        return {"package_structure": structure}
 
-    def _parity(
-        self, spec: ExportSpec, artifact: Artifact, options: CoreMLOptions, result: VerifyResult
-    ) -> None:
-        """macOS: Core ML against PyTorch on real samples and at a second size per axis."""
+    def parity_plan(
+        self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions, *, precision: str | None = None
+    ) -> ParityPlan:
+        """Tolerance by compression (palette, INT8 weights) or compute precision; random inputs
+        only at sizes the package accepts; image inputs fed as the uint8 pixels Core ML sees."""
+        assert isinstance(options, CoreMLOptions)
         quantize = options.effective_quantize
-        tolerance = TOLERANCE[
-            "palettize"
-            if quantize.startswith("palettize")
-            else ("int8" if quantize != "none" else options.compute_precision)
-        ]
-        generator = torch.Generator().manual_seed(0)
+        sizes: dict[str, list[dict[str, int]]] = {}
+        preps = {}
         for graph in spec.graphs:
-            options = _effective(options, artifact.details, graph.name)
-            prep = image_prep(spec, graph) if options.image_input else None
-            run = _model_callable(
-                artifact.graph_files[graph.name],
-                graph_inputs(graph),
-                options,
-                prep,
-                _static_batch(graph, options),
-            )
-            names = [t.name for t in graph.outputs]
-            cases: list[tuple[dict[str, int], tuple[torch.Tensor, ...], float]] = []
-            if graph.calibration_inputs is not None:
-                for inputs in _take(graph.calibration_inputs(4), 4):
-                    cases.append(({"sample": 1}, inputs, tolerance))
-            sizes_list = graph.test_sizes() if options.shapes != "static" else [graph.sizes("opt")]
-            if options.shapes == "enumerated":
+            effective = _effective(options, artifact.details, graph.name)
+            sizes_list = graph.test_sizes() if effective.shapes != "static" else [graph.sizes("opt")]
+            if effective.shapes == "enumerated":
+                axes = _input_axes(graph)
                 sizes_list = [
                     s
                     for s in sizes_list
-                    if all(
-                        v in expected_sizes(graph, k, options)
-                        for k, v in s.items()
-                        if k in _input_axes(graph)
-                    )
+                    if all(v in expected_sizes(graph, k, effective) for k, v in s.items() if k in axes)
                 ]
-            for sizes in sizes_list:
-                # compressed weights on random inputs: shapes only (outside the calibrated range)
-                cases.append(
-                    (
-                        sizes,
-                        graph.make_inputs(sizes, generator=generator),
-                        float("inf") if quantize != "none" else tolerance,
-                    )
-                )
-            for sizes, inputs, tol in cases:
-                if prep is not None:  # what the image input can represent: uint8 pixels
-                    first = torch.stack([prep.from_pixels(prep.to_pixels(x)) for x in inputs[0]])
-                    inputs = (first, *inputs[1:])
-                with torch.no_grad():
-                    ref = as_tuple(graph.module(*inputs))
-                got = run(*inputs)
-                result.parity += compare_outputs(graph.name, sizes, names, ref, got, tol)
+            sizes[graph.name] = sizes_list
+            preps[graph.name] = image_prep(spec, graph) if options.image_input else None
+
+        def prepare(graph: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            prep = preps.get(graph.name)
+            if prep is None:
+                return inputs
+            first = torch.stack([prep.from_pixels(prep.to_pixels(x)) for x in inputs[0]])
+            return (first, *inputs[1:])
+
+        compute = precision or options.compute_precision
+        return ParityPlan(
+            tolerance=tolerance_for(compute if quantize == "none" else "int8", quantize),
+            # compressed weights on random inputs: shapes only (outside the calibrated range)
+            random_tolerance=float("inf") if quantize != "none" else None,
+            sizes=sizes,
+            prepare=prepare,
+        )
 
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
         options = CoreMLOptions.model_validate(manifest.get("options", {}))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from kdtool.distill import PointSpec
 from kdtool.errors import RecipeError
 from kdtool.export.spec import (
     DeployMetadata,
@@ -36,6 +37,7 @@ from kdtool.export.spec import (
     QuantizationHints,
     TensorSpec,
 )
+from kdtool.recipe import LossTerm
 from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from .datasets import (
@@ -172,6 +174,13 @@ class HTRTask(Task[HTROptions, HTRDataOptions]):
         "baseline: CTC only"
     )
 
+    # Per-frame CTC log-posteriors (B, T, V) with the valid frames per line; the student and
+    # its teachers share the frame rate. Any KD loss that accepts sequence_posteriors pairs them.
+    distill_points = (
+        PointSpec("sequence_posteriors", description="(B, T, V) CTC log-posteriors with frame lengths"),
+    )
+    default_between = {"student": "sequence_posteriors", "teacher": "sequence_posteriors"}
+
     options: HTROptions
     data: HTRDataOptions
 
@@ -179,7 +188,6 @@ class HTRTask(Task[HTROptions, HTRDataOptions]):
         super().__init__(options, data, seed=seed, cache_dir=cache_dir)
         self._records: dict[str, list[LineRecord]] = {}
         self._datasets: dict[str, LineDataset] = {}
-        self._kd_fallback: nn.Module | None = None
         self.last_examples: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- data
@@ -223,14 +231,11 @@ class HTRTask(Task[HTROptions, HTRDataOptions]):
         opts: HTRStageOptions = super().stage_options(stage)  # validated once, at recipe load
         return opts
 
-    def _kd_loss(self, stage: StageConfig, ctx: StepContext) -> nn.Module:
-        if any(term.name == "kd" and term.loss for term in stage.losses):
-            return ctx.loss("kd")
-        if self._kd_fallback is None:
-            from kdtool.losses import CTCPosteriorKD
-
-            self._kd_fallback = CTCPosteriorKD()
-        return self._kd_fallback
+    def default_distill(self, stage: StageConfig) -> list[LossTerm]:
+        """A student with teachers distils with ``ctc_kd`` when its recipe lists no KD loss."""
+        if stage.teachers and stage.role == "student":
+            return [LossTerm(name="kd", loss="ctc_kd")]
+        return []
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
@@ -262,7 +267,7 @@ class HTRTask(Task[HTROptions, HTRDataOptions]):
         rows = keep.nonzero().flatten()  # width-sorted (collate sorts widest first)
         total = rows.numel()
         ctc_total = torch.zeros((), device=ctx.device)
-        kd_total = torch.zeros((), device=ctx.device)
+        kd_totals: dict[str, torch.Tensor] = {}
         for chunk in width_chunks(rows, opts.width_buckets):
             frames = batch["frames"][chunk]
             width = int(frames.max()) * FRAME_STRIDE
@@ -274,11 +279,13 @@ class HTRTask(Task[HTROptions, HTRDataOptions]):
             )
             if distil:
                 teacher = ctx.teacher_outputs({"index": batch["index"][chunk], "image": image})["log_probs"]
-                kd = self._kd_loss(stage, ctx)(log_probs.float(), teacher.float(), frames)
-                kd_total = kd_total + kd * chunk.numel()
+                ctx.expose("sequence_posteriors", log_probs.float(), lengths=frames)
+                ctx.expose("sequence_posteriors", teacher.float(), side="teacher", lengths=frames)
+                for name, value in ctx.distill().items():  # the recipe's KD terms, per line-width chunk
+                    kd_totals[name] = kd_totals.get(name, torch.zeros((), device=ctx.device)) + value * chunk.numel()
         losses = {"ctc": ctc_total / total}
-        if distil:
-            losses["kd"] = kd_total / total
+        for name, value in kd_totals.items():
+            losses[name] = value / total
         return losses
 
     # ---------------------------------------------------------------- evaluation

@@ -23,6 +23,7 @@ Teachers and ground truth carry no gradient; the region weights are constants.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +75,13 @@ def assistive_loss(
 class LandmarksKDLoss(nn.Module):
     """Registered as ``landmarks_kd_loss``: returns ``{"main", "assist_tough", "assist_tolerant"}``.
 
-    Inputs are (B, N, 2) tensors in the normalised frame; teachers are detached here.
+    A distillation loss over ``landmarks`` points: the student's prediction and the Tolerant
+    Teacher's (the entry's ``between``), the ground truth (the student point's ``target``) and
+    the Tough Teacher's (the teacher point ``landmarks/tough``, or ``tough``). Inputs are
+    (B, N, 2) tensors in the normalised frame; teachers are detached here.
     """
+
+    accepts = ("landmarks",)
 
     def __init__(
         self,
@@ -95,8 +101,21 @@ class LandmarksKDLoss(nn.Module):
         self.alpha_minus_tolerant = alpha_minus_tolerant
 
     def forward(
-        self, pred: torch.Tensor, gt: torch.Tensor, tolerant: torch.Tensor, tough: torch.Tensor
+        self,
+        pred: torch.Tensor,
+        tolerant: torch.Tensor,
+        target: torch.Tensor | None = None,
+        tough: torch.Tensor | None = None,
+        teacher_points: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        if tough is None and teacher_points is not None:
+            tough = teacher_points.get("landmarks/tough")
+        if target is None or tough is None:
+            raise ValueError(
+                "landmarks_kd_loss needs the ground truth (the student point's target) and a Tough "
+                "Teacher (the teacher point 'landmarks/tough')"
+            )
+        gt = target
         pred = pred.float()
         gt, tolerant, tough = gt.float().detach(), tolerant.float().detach(), tough.float().detach()
         return {

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 from torch.utils.data import Dataset
 
+from kdtool.distill import PointSpec
 from kdtool.errors import DataError, RecipeError
 from kdtool.export.spec import (
     DeployMetadata,
@@ -53,7 +54,7 @@ from kdtool.export.spec import (
     QuantizationHints,
     TensorSpec,
 )
-from kdtool.recipe import StageConfig
+from kdtool.recipe import LossTerm, StageConfig
 from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 from kdtool_landmarks import metrics as M
 from kdtool_landmarks.asm import ShapeModel, soft_landmarks
@@ -68,7 +69,7 @@ from kdtool_landmarks.datasets import (
     load_wflw,
 )
 from kdtool_landmarks.layouts import Layout, layout_for
-from kdtool_landmarks.losses import LandmarksKDLoss, plain_loss
+from kdtool_landmarks.losses import plain_loss
 from kdtool_landmarks.synth import SynthConfig, make_split
 
 _300W_TRAIN = ["afw", "helen/trainset", "lfpw/trainset"]
@@ -230,6 +231,14 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
     DataOptions = LandmarksData
     roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("nme", higher_is_better=False)
+    # The student's (B, N, 2) landmarks in the normalised frame with the ground truth attached,
+    # and each KD-Loss teacher's: ``landmarks/tolerant`` and ``landmarks/tough``.
+    distill_points = (
+        PointSpec("landmarks", description="(B, N, 2) student landmarks, ground truth as target", sides=("student",)),
+        PointSpec("landmarks", "tolerant", "(B, N, 2) Tolerant-Teacher landmarks", sides=("teacher",)),
+        PointSpec("landmarks", "tough", "(B, N, 2) Tough-Teacher landmarks", sides=("teacher",)),
+    )
+    default_between = {"student": "landmarks", "teacher": "landmarks/tolerant"}
 
     options: LandmarksOptions
     data: LandmarksData
@@ -241,7 +250,6 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
         self._soft: np.ndarray | None = None
         self.shape_model: ShapeModel | None = None
         self._val_cache: tuple[torch.Tensor, np.ndarray, list[str]] | None = None
-        self._kd_default = LandmarksKDLoss()
 
     # ------------------------------------------------------------ data
 
@@ -421,8 +429,10 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
         pred = models[stage.model](batch["image"]).float().reshape(gt.shape)
         if stage.role == "student":
             teach = ctx.teacher_outputs(batch)
-            kd = ctx.losses["main"] if "main" in ctx.losses else self._kd_default
-            return kd(pred, gt, teach["tolerant"], teach["tough"])
+            ctx.expose("landmarks", pred, target=gt)
+            ctx.expose("landmarks/tolerant", teach["tolerant"], side="teacher")
+            ctx.expose("landmarks/tough", teach["tough"], side="teacher")
+            return {}  # the engine adds the recipe's KD terms (default: KD-Loss)
         target = batch["soft"] if opts.target == "soft" else gt
         value = plain_loss(
             opts.loss,
@@ -433,6 +443,10 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
             wing_curvature=opts.wing_curvature,
         )
         return {opts.loss: value}
+
+    def default_distill(self, stage: StageConfig) -> list[LossTerm]:
+        """A student stage trains on KD-Loss when its recipe lists no KD loss."""
+        return [LossTerm(name="main", loss="landmarks_kd_loss")] if stage.role == "student" else []
 
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]

@@ -13,21 +13,19 @@
   transformer graphs. The manifest records Q/DQ counts and which op types stayed float.
 - QAD: a model trained quantization-aware (:mod:`kdtool.quant`) is exported with its fake
   quantizers as Q/DQ and their learned scales; no calibration.
-- Verification: ONNX Runtime against PyTorch on real samples and at two sizes per dynamic
-  axis, max abs and relative error recorded.
+- Verification: by the export driver (:mod:`kdtool.export.verify`) through :meth:`load`
+  (ONNX Runtime) against PyTorch on real samples and at two sizes per dynamic axis; this
+  exporter only says what to compare (:meth:`OnnxExporter.parity_plan`).
+- Shared ONNX helpers (export, sessions, metadata, FP16, calibration reader) live in the
+  public :mod:`kdtool.export.onnx_utils`, which the ``tensorrt`` and ``sherpa`` exporters use too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import onnx
 import torch
 from pydantic import Field
@@ -40,18 +38,25 @@ from kdtool.export.exporter import (
     ExportContext,
     Exporter,
     ExporterOptions,
-    ParityResult,
-    VerifyResult,
-    compare_outputs,
-    run_in_fixed_batches,
+    ParityPlan,
 )
-from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple
+from kdtool.export.onnx_utils import (
+    CalibrationReader,
+    check_dynamic_axes,
+    cleanup,
+    convert_fp16,
+    embed_metadata,
+    export_onnx,
+    load_onnx_runner,
+    op_histogram,
+    run_session,
+)
+from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple, take
+from kdtool.export.verify import max_relative_error, tolerance_for
 from kdtool.quant import export_qdq, find_plan, is_quantization_aware
 
 # torch.onnx logs a warning per missing optional library (torchvision ops); not the user's concern.
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-
-TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "int8": 0.25}
 
 
 class OnnxOptions(ExporterOptions):
@@ -155,72 +160,35 @@ class OnnxExporter(Exporter):
             )
         return Artifact(out_dir, graph_files, details=details, not_verified=not_verified)
 
-    # ------------------------------------------------------------ verify
+    # ------------------------------------------------------------ verification plan
 
-    def verify(self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions) -> VerifyResult:
+    def parity_plan(
+        self, spec: ExportSpec, artifact: Artifact, options: ExporterOptions, *, precision: str | None = None
+    ) -> ParityPlan:
         assert isinstance(options, OnnxOptions)
-        result = VerifyResult()
-        tolerance = TOLERANCE.get(options.precision, 1e-3)
-        try:
-            sessions = {
-                g.name: make_session(artifact.graph_files[g.name], options, provider="cpu")
-                for g in spec.graphs
-            }
-        except ExportError as exc:
-            result.not_verified.append(f"numerical parity: {exc.message}")
-            return result
-        generator = torch.Generator().manual_seed(0)
-        for graph in spec.graphs:
-            graph.module.eval()
-            session = sessions[graph.name]
-            out_names = [t.name for t in graph.outputs]
-            # real samples at their natural shapes
-            if graph.calibration_inputs is not None:
-                samples = list(_take(graph.calibration_inputs(4), 4))
-                if options.shapes == "static" and "batch" in graph.dynamic_axes:
-                    samples = (
-                        [_stack_batch(graph, samples, graph.dynamic_axes["batch"].opt)] if samples else []
-                    )
-                for inputs in samples:
-                    with torch.no_grad():
-                        ref = as_tuple(graph.module(*inputs))
-                    sizes = _sizes_of(graph, inputs)
-                    got = _run_or_fail(session, graph, inputs, sizes, result)
-                    if got is not None:
-                        result.parity += compare_outputs(graph.name, sizes, out_names, ref, got, tolerance)
-            # random inputs at opt and at a second size of each dynamic axis
-            for sizes in graph.test_sizes() if options.shapes == "dynamic" else [graph.sizes("opt")]:
-                inputs = graph.make_inputs(sizes, generator=generator)
-                with torch.no_grad():
-                    ref = as_tuple(graph.module(*inputs))
-                got = _run_or_fail(session, graph, inputs, sizes, result)
-                if got is None:
-                    continue
-                # INT8 on random inputs is outside the calibrated range: check shapes only.
-                tol = float("inf") if options.precision == "int8" else tolerance
-                result.parity += compare_outputs(graph.name, sizes, out_names, ref, got, tol)
-        result.checks["onnx_checker"] = "passed"
-        return result
+        modes = {
+            (info.get("quantization") or {}).get("mode")
+            for info in artifact.details.get("graphs", {}).values()
+        }
+        quantization = "dynamic" if modes == {"dynamic"} else None
+        plan = ParityPlan(tolerance=tolerance_for(precision or options.precision, quantization))
+        if options.precision == "int8":
+            # INT8 on random inputs is outside the calibrated range: check shapes only.
+            plan.random_tolerance = float("inf")
+        if options.shapes == "static":
+            plan.sizes = {g.name: [g.sizes("opt")] for g in spec.graphs}
+        return plan
 
     # ------------------------------------------------------------ load
 
     def load(self, directory: Path, manifest: dict[str, Any], *, device: str = "cpu") -> ArtifactRunner:
         options = OnnxOptions.model_validate(manifest.get("options", {}))
-        provider = "cuda" if device.startswith("cuda") else "cpu"
-        graphs = {}
-        input_names = {}
-        for name, info in manifest["graphs"].items():
-            session = make_session(directory / info["file"], options, provider=provider)
-            dtypes = [i["dtype"] for i in info["inputs"]]
-            static_batch = None
-            if options.shapes == "static" and "batch" in info.get("dynamic_axes", {}):
-                static_batch = int(info["dynamic_axes"]["batch"]["opt"])
-            graphs[name] = _session_callable(
-                session, [i["name"] for i in info["inputs"]], dtypes, static_batch
-            )
-            input_names[name] = [i["name"] for i in info["inputs"]]
-        return ArtifactRunner(
-            graphs, kind="onnxruntime", input_names=input_names, metadata=manifest.get("metadata", {})
+        return load_onnx_runner(
+            {name: directory / info["file"] for name, info in manifest["graphs"].items()},
+            manifest,
+            options=options,
+            provider="cuda" if device.startswith("cuda") else "cpu",
+            static_batch=options.shapes == "static",
         )
 
     def versions(self) -> dict[str, str]:
@@ -232,145 +200,15 @@ class OnnxExporter(Exporter):
 # --------------------------------------------------------------------------- helpers
 
 
-def _take(items: Any, n: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    for i, item in enumerate(items):
-        if i >= n:
-            return
-        yield item
-
-
-def _sizes_of(graph: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> dict[str, int]:
-    """The dynamic axis sizes of concrete inputs (a real sample's batch, width, time...)."""
-    sizes: dict[str, int] = {"sample": 1}
-    for spec, x in zip(graph.inputs, inputs, strict=False):
-        for index, axis in spec.dynamic_axes().items():
-            sizes[axis] = int(x.shape[index])
-    return sizes
-
-
-def _run_or_fail(
-    session: Any,
-    graph: GraphSpec,
-    inputs: tuple[torch.Tensor, ...],
-    sizes: dict[str, int],
-    result: VerifyResult,
-) -> tuple[torch.Tensor, ...] | None:
-    """Run the artifact; a runtime failure is a failed parity entry naming the sizes, not a crash."""
-    try:
-        return run_session(session, graph, inputs)
-    except Exception as exc:
-        message = str(exc).splitlines()[0][:300]
-        result.parity.append(
-            ParityResult(
-                graph.name, sizes, f"(run failed: {message})", float("inf"), float("inf"), 0.0, False
-            )
-        )
-        return None
-
-
-def _stack_batch(
-    graph: GraphSpec, samples: list[tuple[torch.Tensor, ...]], batch: int
-) -> tuple[torch.Tensor, ...]:
-    """Batch-1 samples concatenated (and repeated) into one input of the static batch size."""
-    picked = [samples[i % len(samples)] for i in range(batch)]
-    out = []
-    for pos, spec in enumerate(graph.inputs):
-        axis = next((i for i, s in enumerate(spec.shape) if s == "batch"), 0)
-        out.append(torch.cat([p[pos] for p in picked], dim=axis))
-    return tuple(out)
-
-
-def _dynamic_shapes(graph: GraphSpec, static: bool) -> tuple[dict[int, Any], ...]:
-    shapes = []
-    for t in graph.inputs:
-        axes: dict[int, Any] = {}
-        if not static:
-            for index, axis_name in t.dynamic_axes().items():
-                axis = graph.dynamic_axes[axis_name]
-                axes[index] = torch.export.Dim(axis_name, min=axis.min, max=axis.max)
-        shapes.append(axes)
-    return tuple(shapes)
-
-
-_UNSUPPORTED = re.compile(r"(aten::[\w.]+|aten\.[\w.]+|torch\.ops\.[\w.]+)")
-
-
 def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: str) -> dict[str, Any]:
-    """Export one graph; returns what happened (exporter used, fallbacks and why)."""
-    module = graph.module.eval()
-    static = options.shapes == "static"
-    sizes = graph.sizes("opt")
-    # Export with example sizes of at least 2 on dynamic axes: size-1 axes get specialised.
-    example_sizes = {
-        k: (v if static else max(v, min(2, graph.dynamic_axes[k].max))) for k, v in sizes.items()
-    }
-    args = graph.make_inputs(example_sizes, generator=torch.Generator().manual_seed(0))
-    in_names = [t.name for t in graph.inputs]
-    out_names = [t.name for t in graph.outputs]
-    attempts: list[str] = []
-    info: dict[str, Any] = {}
-    order = ["dynamo", "torchscript"] if options.exporter == "auto" else [options.exporter]
-    last_error: Exception | None = None
-    for which in order:
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                if which == "dynamo":
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        input_names=in_names,
-                        output_names=out_names,
-                        opset_version=options.opset,
-                        dynamo=True,
-                        external_data=False,
-                        dynamic_shapes=None
-                        if static or not graph.dynamic_axes
-                        else _dynamic_shapes(graph, static),
-                        verbose=False,
-                    )
-                else:
-                    dynamic_axes = None
-                    if not static:
-                        dynamic_axes = {
-                            t.name: t.dynamic_axes()
-                            for t in [*graph.inputs, *graph.outputs]
-                            if t.dynamic_axes()
-                        }
-                    torch.onnx.export(
-                        module,
-                        args,
-                        str(path),
-                        input_names=in_names,
-                        output_names=out_names,
-                        opset_version=min(options.opset, 20),
-                        dynamo=False,
-                        dynamic_axes=dynamic_axes,
-                    )
-            onnx.checker.check_model(str(path))
-            if not static:
-                problem = check_dynamic_axes(graph, path)
-                if problem:
-                    attempts.append(f"{which}: {problem}")
-                    last_error = ExportError(problem)
-                    continue
-            info["exporter"] = which
-            if attempts:
-                info["fallback_reasons"] = attempts
-            return info
-        except Exception as exc:  # the exporters raise many types; we report and fall back
-            last_error = exc
-            attempts.append(
-                f"{which}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            )
-    text = str(last_error) if last_error else ""
-    ops = sorted(set(_UNSUPPORTED.findall(text)))
-    what = f"op {', '.join(ops)}" if ops else "the model"
-    raise ExportError(
-        f"target {target!r}: cannot export {what} of graph {graph.name!r} to ONNX opset {options.opset}; tried "
-        + "; ".join(attempts),
-        hint="try --opt exporter=torchscript or a different opset (--opt opset=17), or replace the op in the model",
+    """Export one graph with this exporter's options (see :func:`kdtool.export.onnx_utils.export_onnx`)."""
+    return export_onnx(
+        graph,
+        path,
+        opset=options.opset,
+        exporter=options.exporter,
+        static=options.shapes == "static",
+        target=target,
     )
 
 
@@ -399,93 +237,6 @@ def export_learned_qdq(graph: GraphSpec, path: Path, options: OnnxOptions, *, ta
         "excluded": plan.get("excluded", []) if plan else [],
     }
     return info
-
-
-def probe_sizes(graph: GraphSpec) -> list[dict[str, int]]:
-    """The verifier's sizes plus, per dynamic axis, min, max and odd sizes in between: shape
-    bugs often show only at some sizes (an off-by-one after a strided convolution)."""
-    out = list(graph.test_sizes())
-    base = graph.sizes("opt")
-    for name, axis in graph.dynamic_axes.items():
-        for value in sorted(
-            {axis.min, axis.max, (axis.min + axis.opt) // 2 | 1, ((axis.opt + axis.max) // 2) | 1}
-        ):
-            if axis.min <= value <= axis.max and value != axis.opt:
-                candidate = {**base, name: value}
-                if candidate not in out:
-                    out.append(candidate)
-    return out
-
-
-def check_dynamic_axes(graph: GraphSpec, path: Path) -> str | None:
-    """Run the exported file at a second size on each dynamic axis; report a failure."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        return f"ONNX Runtime cannot load the graph: {exc}"
-    for sizes in probe_sizes(graph):
-        inputs = graph.make_inputs(sizes, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():
-            ref = as_tuple(graph.module(*inputs))
-        try:
-            got = run_session(session, graph, inputs)
-        except Exception as exc:
-            return f"fails at sizes {sizes}: {str(exc).splitlines()[0][:200]}"
-        for r, g in zip(ref, got, strict=False):
-            if tuple(r.shape) != tuple(g.shape):
-                return f"output shape {tuple(g.shape)} != PyTorch {tuple(r.shape)} at sizes {sizes} (a dynamic axis was fixed)"
-    return None
-
-
-def cleanup(path: Path) -> None:
-    """Hardware-independent clean-up (constant folding, redundant nodes) with ORT basic level."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    tmp = path.with_suffix(".clean.onnx")
-    so.optimized_model_filepath = str(tmp)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    tmp.replace(path)
-
-
-def convert_fp16(src: Path, dst: Path) -> None:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(src))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(dst))
-
-
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader over the task's calibration inputs."""
-
-    def __init__(self, graph: GraphSpec, n: int) -> None:
-        assert graph.calibration_inputs is not None
-        names = [t.name for t in graph.inputs]
-        self._items = [
-            {
-                name: _to_numpy(x, spec.dtype)
-                for name, x, spec in zip(names, inputs, graph.inputs, strict=True)
-            }
-            for inputs in _take(graph.calibration_inputs(n), n)
-        ]
-        self._iter = iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iter, None)
-
-    def rewind(self) -> None:
-        self._iter = iter(self._items)
 
 
 def quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode: str) -> dict[str, Any]:
@@ -543,7 +294,7 @@ def _quantize(graph: GraphSpec, src: Path, dst: Path, options: OnnxOptions, mode
             raise ExportError(
                 f"graph {graph.name!r} has no calibration_inputs; static INT8 needs the recipe's data"
             )
-        reader = _Reader(graph, options.calibration_samples)
+        reader = CalibrationReader(graph, options.calibration_samples)
         if len(reader) == 0:
             raise ExportError(
                 f"calibration data for graph {graph.name!r} is empty: the task's calibration_inputs yielded nothing",
@@ -601,15 +352,13 @@ def output_error(
     so = ort.SessionOptions()
     so.log_severity_level = 4
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for inputs, ref in zip(samples, refs, strict=True):
-        got = run_session(session, graph, inputs)
-        for r, g in zip(ref, got, strict=False):
-            if r.is_floating_point() and r.numel():
-                worst = max(
-                    worst, float((r.float() - g.float()).abs().max()) / max(float(r.abs().max()), 1e-12)
-                )
-    return worst
+    return max(
+        (
+            max_relative_error(ref, run_session(session, graph, inputs))
+            for inputs, ref in zip(samples, refs, strict=True)
+        ),
+        default=0.0,
+    )
 
 
 def sensitivity_pass(
@@ -628,7 +377,7 @@ def sensitivity_pass(
     ``max_quant_error`` or ``max_excluded`` layers are out. The output error is a proxy for the
     task metric, which the driver then measures next to PyTorch's."""
     assert graph.calibration_inputs is not None
-    samples = list(_take(graph.calibration_inputs(8), 8))
+    samples = take(graph.calibration_inputs(8), 8)
     with torch.no_grad():
         refs = [as_tuple(graph.module(*x)) for x in samples]
     model = onnx.load(str(prepared))
@@ -663,40 +412,6 @@ def sensitivity_pass(
     probe.unlink(missing_ok=True)
     result.update(excluded=chosen, error_final=error)
     return result
-
-
-def embed_metadata(path: Path, spec: ExportSpec, graph: GraphSpec) -> None:
-    model = onnx.load(str(path))
-    from kdtool import __version__
-
-    props = {
-        "kdtool_version": __version__,
-        "task": spec.task,
-        "model": spec.model_name,
-        "graph": graph.name,
-        "metadata": json.dumps(spec.metadata.to_dict()),
-    }
-    if spec.metadata.labels:
-        props["labels"] = json.dumps(spec.metadata.labels)
-    if spec.metadata.vocabulary:
-        props["vocabulary"] = json.dumps(spec.metadata.vocabulary)
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-    model.producer_name = "kdtool"
-    onnx.save(model, str(path))
-
-
-def op_histogram(path: Path) -> dict[str, int]:
-    model = onnx.load(str(path), load_external_data=False)
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
 
 
 # Ops that carry no arithmetic worth quantizing: their staying float costs nothing.
@@ -757,77 +472,4 @@ def describe_quantization(summary: dict[str, Any]) -> str:
     )
 
 
-def make_session(path: Path, options: OnnxOptions, *, provider: str) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[options.graph_optimization]
-    if options.threads:
-        so.intra_op_num_threads = options.threads
-    so.log_severity_level = 3
-    available = ort.get_available_providers()
-    providers = ["CPUExecutionProvider"]
-    if provider == "cuda" and "CUDAExecutionProvider" in available:
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), so, providers=providers)
-    except Exception as exc:
-        raise ExportError(
-            f"ONNX Runtime cannot load {path} with {providers}: {str(exc).splitlines()[0][:300]}"
-        ) from None
-
-
-_NP_DTYPES = {
-    "float32": np.float32,
-    "float16": np.float16,
-    "int64": np.int64,
-    "int32": np.int32,
-    "bool": np.bool_,
-}
-
-
-def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
-    return x.detach().cpu().numpy().astype(_NP_DTYPES[dtype], copy=False)
-
-
-def run_session(session: Any, graph: GraphSpec, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    feed = {t.name: _to_numpy(x, t.dtype) for t, x in zip(graph.inputs, inputs, strict=True)}
-    return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
-
-
-def _session_callable(
-    session: Any, names: list[str], dtypes: list[str], static_batch: int | None = None
-) -> Any:
-    """A callable over torch tensors. A graph exported with a fixed batch N runs any batch:
-    inputs are cut into chunks of N (the last padded by repeating its final sample)."""
-
-    np_types = [_NP_DTYPES[d] for d in dtypes]
-    run_session = session.run
-
-    def run_once(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        # per-call work kept to the feed conversion: this sits on every inference's path
-        feed = {}
-        for name, x, np_type in zip(names, inputs, np_types, strict=True):
-            array = x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
-            feed[name] = array if array.dtype == np_type else array.astype(np_type)
-        return tuple(torch.from_numpy(np.asarray(o)) for o in run_session(None, feed))
-
-    if static_batch is None:
-
-        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return run_once(inputs)
-
-    else:
-
-        def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return run_in_fixed_batches(run_once, inputs, static_batch)
-
-    return run
-
-
-__all__ = ["OnnxExporter", "OnnxOptions", "ParityResult"]
+__all__ = ["OnnxExporter", "OnnxOptions", "export_graph"]

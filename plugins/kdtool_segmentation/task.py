@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from kdtool.distill import PointSpec
 from kdtool.errors import KdtoolError, RecipeError
 from kdtool.export.spec import (
     DeployMetadata,
@@ -60,10 +61,11 @@ from kdtool.export.spec import (
     QuantizationHints,
     TensorSpec,
 )
+from kdtool.recipe import LossTerm
 from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from . import datasets as ds
-from .losses import channel_wise_distillation, symmetric_cwd
+from .losses import symmetric_cwd
 from .metrics import confusion_matrix, denormalise, overlay_grid, save_mask_png, scores
 from .models import SegmentationNet, slice_stem_to_rgb
 from .noise import (
@@ -247,6 +249,16 @@ class SegmentationLADTask(Task[SegmentationOptions, SegmentationData]):
         "teacher: label-assisted dual-path training; student: CE + aux CE + CWD from the teacher; "
         "baseline: the student with CE only"
     )
+    # Segmentation logits as dense feature maps: ``features/out`` (N, C, H, W) at input size and
+    # ``features/out_lowres`` at the backbone's output stride; student and frozen teacher alike.
+    distill_points: ClassVar[tuple[PointSpec, ...]] = (
+        PointSpec("features", "out", "(N, C, H, W) class logits at input size"),
+        PointSpec("features", "out_lowres", "(N, C, h, w) class logits at the backbone's stride"),
+    )
+    default_between: ClassVar[dict[str, str] | None] = {
+        "student": "features/out_lowres",
+        "teacher": "features/out_lowres",
+    }
 
     options: SegmentationOptions
     data: SegmentationData
@@ -414,11 +426,13 @@ class SegmentationLADTask(Task[SegmentationOptions, SegmentationData]):
             teacher = ctx.teacher_outputs(batch)
             with ctx.autocast():
                 out = model(x)
-            key = "out_lowres" if opts.cwd_resolution == "feature" else "out"
-            losses = {
-                "ce": self._ce(out["out"], mask),
-                "cwd": channel_wise_distillation(out[key], teacher[key], opts.cwd_temperature),
-            }
+            losses = {"ce": self._ce(out["out"], mask)}
+            for key in ("out_lowres", "out"):
+                if ctx.wants(f"features/{key}", "student"):
+                    ctx.expose(f"features/{key}", out[key])
+                if ctx.wants(f"features/{key}", "teacher"):
+                    ctx.expose(f"features/{key}", teacher[key], side="teacher")
+            losses.update(ctx.distill())  # the recipe's KD terms (default: cwd)
             if opts.aux and "aux" in out:
                 losses["aux"] = self._ce(out["aux"], mask)
             return losses
@@ -429,6 +443,19 @@ class SegmentationLADTask(Task[SegmentationOptions, SegmentationData]):
         if opts.aux and "aux" in out:
             losses["aux"] = self._ce(out["aux"], mask)
         return losses
+
+    def distill_between(self, stage: StageConfig) -> dict[str, str] | None:
+        """CWD compares the maps ``cwd_resolution`` names (student stages)."""
+        opts = self._options_for(stage)
+        key = "out_lowres" if getattr(opts, "cwd_resolution", "feature") == "feature" else "out"
+        return {"student": f"features/{key}", "teacher": f"features/{key}"}
+
+    def default_distill(self, stage: StageConfig) -> list[LossTerm]:
+        """A student stage distils with the registered ``cwd`` at ``cwd_temperature``."""
+        opts = self._options_for(stage)
+        if not isinstance(opts, StudentStageOptions):
+            return []
+        return [LossTerm(name="cwd", loss="cwd", options={"temperature": opts.cwd_temperature})]
 
     def check_teacher(self, stage: StageConfig, name: str, teacher: nn.Module) -> None:
         """A LAD teacher must be a label-assisted segmentation net with the data's classes."""

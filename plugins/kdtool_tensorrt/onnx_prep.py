@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from kdtool.errors import ExportError
+from kdtool.export.onnx_utils import CalibrationReader
 from kdtool.export.spec import GraphSpec
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -120,7 +121,6 @@ def quantize_qdq(
     exclude_op_types: list[str],
 ) -> dict[str, Any]:
     """Explicit Q/DQ for TensorRT (see the module docstring), calibrated on the recipe's data."""
-    from kdtool_onnx.exporter import _Reader
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -130,7 +130,7 @@ def quantize_qdq(
             f"calibrated on the recipe's data",
             hint="use --precision fp16 for this graph",
         )
-    reader = _Reader(graph, calibration_samples)
+    reader = CalibrationReader(graph, calibration_samples)
     if len(reader) == 0:
         raise ExportError(
             f"calibration data for graph {graph.name!r} is empty: the task's calibration_inputs yielded nothing",
@@ -358,11 +358,3 @@ def check_qdq_for_tensorrt(report: dict[str, Any], graph: str) -> list[str]:
             f"or an op without per-channel support): {', '.join(report['per_tensor_weight_names'][:5])}"
         )
     return notes
-
-
-def op_histogram(path: Path) -> dict[str, int]:
-    model = onnx.load(str(path), load_external_data=False)
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))

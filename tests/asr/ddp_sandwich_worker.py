@@ -69,6 +69,7 @@ def sandwich_step(
         rank=rank,
         world_size=world,
     )
+    ctx.use_stage(stage, task)
     ctx.begin_step(seed=0, step=5, epoch=0)
     optimizer = scaled_adam(
         [{"params": list(inner.parameters()), "param_names": [n for n, _ in inner.named_parameters()]}]

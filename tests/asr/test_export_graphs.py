@@ -11,8 +11,9 @@ import torch
 from kdtool_asr.decoding import DecoderInfo, greedy_search
 from kdtool_asr.models import SupernetRNNT
 from kdtool_asr.task import make_export_spec
-from kdtool_onnx.exporter import OnnxOptions, _session_callable, export_graph, make_session
+from kdtool_onnx.exporter import OnnxOptions, export_graph
 
+from kdtool.export.onnx_utils import make_session, session_callable
 from kdtool.task import Predictor
 
 
@@ -42,7 +43,7 @@ def test_three_graphs_decode_like_pytorch(tmp_path: Path, predictor: str) -> Non
         path = tmp_path / f"{graph.name}.onnx"
         export_graph(graph, path, options, target="onnx")
         session = make_session(path, options, provider="cpu")
-        graphs[graph.name] = _session_callable(
+        graphs[graph.name] = session_callable(
             session, [t.name for t in graph.inputs], [t.dtype for t in graph.inputs]
         )
     ort = Predictor(graphs, kind="onnxruntime", metadata=spec.metadata.to_dict())

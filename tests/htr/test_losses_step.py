@@ -100,6 +100,7 @@ def _ctx(
         teacher_cache=None,
     )
     ctx.total_steps = total
+    ctx.use_stage(stage, task)
     ctx.begin_step(seed=0, step=step, epoch=0)
     return ctx
 

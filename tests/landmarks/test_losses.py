@@ -69,7 +69,7 @@ def test_module_returns_three_terms_and_total_matches_paper() -> None:
     loss = LandmarksKDLoss()
     p, g = t(0.5, -0.2), t(0.0, 0.0)
     tol, tough = t(0.4, 0.4), t(0.3, -0.1)
-    out = loss(p.view(1, 1, 2), g.view(1, 1, 2), tol.view(1, 1, 2), tough.view(1, 1, 2))
+    out = loss(p.view(1, 1, 2), tol.view(1, 1, 2), target=g.view(1, 1, 2), tough=tough.view(1, 1, 2))
     assert set(out) == {"main", "assist_tough", "assist_tolerant"}
     # main: x: |d| 0.5 > 0.4 -> 0.25 + 1.2 - 0.16 = 1.29; y: 0.2 <= 0.4 -> 0.6
     assert out["main"].item() == pytest.approx((1.29 + 0.6) / 2)
@@ -82,7 +82,7 @@ def test_module_returns_three_terms_and_total_matches_paper() -> None:
 def test_teachers_receive_no_gradient() -> None:
     p = torch.zeros(2, 3, 2, requires_grad=True)
     tol = torch.full((2, 3, 2), 0.1, requires_grad=True)
-    out = LandmarksKDLoss()(p + 0.05, torch.zeros(2, 3, 2), tol, tol * 2)
+    out = LandmarksKDLoss()(p + 0.05, tol, target=torch.zeros(2, 3, 2), teacher_points={"landmarks/tough": tol * 2})
     sum(out.values()).backward()
     assert tol.grad is None
     assert p.grad is not None and p.grad.abs().sum() > 0

@@ -249,7 +249,7 @@ def test_segmentation_cwd_and_symmetric_cwd_by_hand() -> None:
     a, b = rng.normal(size=(1, 2, 3, 3)) * 2, rng.normal(size=(1, 2, 3, 3)) * 2
     ab, grad_ab = cwd_reference(a, b, 4.0)
     ba, _ = cwd_reference(b, a, 4.0)
-    value, grad = value_and_grad(lambda s, t: seg.channel_wise_distillation(s, t, 4.0), a, b)
+    value, grad = value_and_grad(ChannelWiseDistillation(4.0), a, b)  # segmentation's CWD is the registered one
     assert value == pytest.approx(ab, rel=1e-5)
     np.testing.assert_allclose(grad, grad_ab, atol=1e-6)
     # symmetric, stopped at each target: only the a -> sg(b) direction reaches a, halved

@@ -17,7 +17,8 @@ from kdtool_classification.task import ClassificationTask
 from torch import nn
 
 from kdtool import TensorSpec
-from kdtool.export.exporter import Artifact, Capabilities, Exporter, ExporterOptions, VerifyResult
+from kdtool.errors import ExportError
+from kdtool.export.exporter import Artifact, ArtifactRunner, Capabilities, Exporter, ExporterOptions
 from kdtool.export.spec import ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.testing import (
@@ -28,6 +29,7 @@ from kdtool.testing import (
     check_plugin,
     check_target,
     check_task,
+    reference_spec,
 )
 from tests.helpers import tiny_recipe, write_recipe
 
@@ -248,7 +250,7 @@ class _Opts(ExporterOptions):
     pass
 
 
-def _exporter(name: str, export: Any, verify: Any = None) -> type[Exporter]:
+def _exporter(name: str, export: Any, load: Any = None) -> type[Exporter]:
     class Broken(Exporter):
         capabilities = Capabilities(
             name=name, suffix=".bin", precisions=("fp32",), options_model=_Opts, default_profile=name
@@ -257,13 +259,28 @@ def _exporter(name: str, export: Any, verify: Any = None) -> type[Exporter]:
         def export(self, spec: ExportSpec, options: ExporterOptions, out_dir: Path, ctx: Any) -> Any:
             return export(spec, out_dir)
 
-        def verify(self, spec: ExportSpec, artifact: Any, options: ExporterOptions) -> Any:
-            return verify() if verify else VerifyResult(not_verified=["nothing runs this format here"])
-
         def load(self, directory: Path, manifest: Mapping[str, Any], *, device: str = "cpu") -> Any:
-            raise NotImplementedError
+            if load is None:
+                raise ExportError("nothing runs this format here")
+            return load()
 
     return Broken
+
+
+def _wrong_outputs() -> ArtifactRunner:
+    """A runner whose outputs are PyTorch's plus 1: the driver's parity must catch it."""
+    spec = reference_spec()
+    module = spec.graphs[0].module.eval()
+
+    def run(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return (module(*inputs) + 1.0,)
+
+    return ArtifactRunner({spec.graphs[0].name: run}, kind="broken")
+
+
+def _raises_type_error() -> Any:
+    raise TypeError("load() got an unexpected keyword argument")
 
 
 def _write(spec: ExportSpec, out_dir: Path) -> Artifact:
@@ -294,11 +311,11 @@ def _write(spec: ExportSpec, out_dir: Path) -> Artifact:
             "graph_files has keys ['other']",
         ),
         (
-            _exporter("bad_verify", _write, verify=lambda: None),
+            _exporter("wrong_numbers", _write, load=_wrong_outputs),
             "verify",
-            "returned NoneType, not kdtool.export.exporter.VerifyResult",
+            "parity failed on the reference model: graph 'model' output",
         ),
-        (_exporter("silent_verify", _write, verify=VerifyResult), "verify", "checked nothing"),
+        (_exporter("load_crashes", _write, load=_raises_type_error), "verify", "raised TypeError"),
     ],
 )
 def test_a_broken_exporter_fails_with_a_readable_message(exporter: type, step: str, words: str) -> None:
@@ -321,7 +338,7 @@ def test_an_exporter_that_cannot_build_here_is_skipped() -> None:
 
 def test_an_exporter_without_parity_that_says_why_passes_the_direct_checks() -> None:
     report = check_exporter(_exporter("says_why", _write), through_driver=False)
-    assert any("1 not verified" in line for line in report.passed)
+    assert any("0 parity checks passed, 2 not verified" in line for line in report.passed)
 
 
 # ============================================================================ targets and plugins

@@ -62,6 +62,7 @@ def test_training_steps_of_each_role(task: SegmentationLADTask) -> None:
     teacher.eval().requires_grad_(False)
     s_stage = StageConfig(name="student", model="s", role="student", teachers=["teacher"], steps=1)
     ctx = _ctx(lambda b: task.teacher_outputs(s_stage, {"teacher": teacher}, b))
+    ctx.use_stage(s_stage, task)  # the engine pairs the student's CWD (the registered cwd)
     losses = task.training_step(s_stage, {"s": student, "teacher": teacher}, batch, ctx)
     assert set(losses) == {"ce", "aux", "cwd"}
     sum(losses.values()).backward()

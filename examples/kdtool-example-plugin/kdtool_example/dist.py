@@ -32,6 +32,9 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.T
 class DIST(nn.Module):
     """The DIST loss on student and teacher logits; the teacher's are constants."""
 
+    # Distillation point kinds it compares: any task exposing (batch, classes) logits.
+    accepts = ("logits",)
+
     input_specs = (
         TensorSpec("student_logits", ("batch", "classes")),
         TensorSpec("teacher_logits", ("batch", "classes")),
