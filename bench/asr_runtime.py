@@ -74,7 +74,7 @@ def main() -> None:
     from kdtool_asr.decoding import DecoderInfo, error_rates, greedy_search_batched, greedy_search_one
     from kdtool_asr.sherpa import SherpaOptions, load_recognizer
 
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
     from kdtool.task import Predictor
 
     run_path = args.run or REPO / "runs" / "asr_supernet" / "latest"
@@ -93,7 +93,7 @@ def main() -> None:
             check=True,
         )
     torch.set_num_threads(1)
-    ctx = RunContext(run_path)
+    ctx = Run.open(run_path)
     run = ctx.run_dir
     name = ctx.model_name(None)
     spec = ctx.export_spec(name)

@@ -74,13 +74,14 @@ def engine_rate(steps: int, *, cache: bool) -> tuple[float, Path]:
 
 def plain_rate(run_dir: Path, steps: int) -> float:
     """The same student step written by hand: forward, teacher forward, loss, backward, step."""
-    from kdtool.engine.trainer import build_task, load_run_model
+    from kdtool.engine.build import build_task
     from kdtool.plugins import get_registries
+    from kdtool.run import Run
 
     regs = get_registries()
     loaded = recipe_from_dict(recipe(run_dir.parent, steps, cache=False))
     task = build_task(loaded, regs)
-    teacher, _ = load_run_model(regs, run_dir, "teacher")
+    teacher = Run.open(run_dir).load_model("teacher")
     teacher.eval().requires_grad_(False)
     seed_everything(0)
     student = regs.models.get(STUDENT["arch"])(

@@ -34,8 +34,9 @@ import yaml
 
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.export.bench import bench_predictor, graph_infos_from_spec
-from kdtool.export.driver import ExportRequest, RunContext, export_model
+from kdtool.export.driver import ExportRequest, export_model
 from kdtool.recipe import load_recipe
+from kdtool.run import Run
 from kdtool.task import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,7 +60,7 @@ def embedded_recipes() -> list[Path]:
 def measure(run_dir: Path, seconds: float) -> list[dict[str, Any]]:
     from kdtool import runtime
 
-    run = RunContext(run_dir)
+    run = Run.open(run_dir)
     name = run.model_name(None)
     spec = run.export_spec(name)
     infos = graph_infos_from_spec(spec)

@@ -29,11 +29,10 @@ def latency_ms(run_dir: Path, model_name: str, width: int, repeats: int = 30) ->
     """Median CPU latency (ms) of one line (batch 1, height from the model config)."""
     import torch
 
-    from kdtool.engine.trainer import load_run_model
-    from kdtool.plugins import get_registries
+    from kdtool.run import Run
 
-    model, config = load_run_model(get_registries(), run_dir, model_name)
-    model.eval()
+    run = Run.open(run_dir)
+    model, config = run.load_model(model_name), run.model_config(model_name)
     height = int(config.get("options", {}).get("height", 32))
     x = torch.rand(1, 1, height, width)
     times = []

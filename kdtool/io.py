@@ -1,4 +1,7 @@
-"""Atomic file writes and safetensors weights: a crash never leaves half a file."""
+"""Atomic file writes and safetensors weights: a crash never leaves half a file.
+
+Importing this module does not import torch (the weight helpers import it on use).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from kdtool.errors import RunError
+
+if TYPE_CHECKING:  # torch and safetensors are imported on use: kdtool.io stays light
+    import torch
+    from torch import nn
 
 
 def current_umask() -> int:
@@ -78,6 +80,9 @@ def read_json(path: Path, *, what: str = "file") -> Any:
 def save_weights(
     module_or_state: nn.Module | dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
+    from safetensors.torch import save_file
+    from torch import nn
+
     state = module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
     # safetensors refuses shared storage; clone makes every tensor own its memory.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -86,6 +91,9 @@ def save_weights(
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     from kdtool.pt2 import describe_path
 
     if not path.exists():

@@ -26,6 +26,7 @@ from kdtool.export.spec import ExportSpec, as_tuple
 if TYPE_CHECKING:
     from kdtool.engine.context import StepContext
     from kdtool.recipe import LossTerm, StageConfig
+    from kdtool.run import Run
 
 Split = Literal["train", "val"]
 
@@ -356,10 +357,18 @@ class Task(ABC, Generic[OptionsT, DataT]):
         (``kdtool predict``). Returns one JSON-able result per input."""
         raise NotImplementedError(f"task {cls.name!r} does not support kdtool predict")
 
+    def on_run_end(self, run: Run) -> None:
+        """Called by the engine (main process) when a run's stages are done, after
+        ``summary.json`` records the run's status. Add what the task knows about the run
+        through ``run`` (a :class:`kdtool.run.Run`): ``run.add_model(...)`` for models it
+        derives (e.g. a supernet's subnets, role ``subnet``), ``run.update_summary(...)`` for
+        its own fields. Both write ``summary.json`` atomically under the run's lock."""
+        return None  # the default task adds nothing
+
     def summary_extras(self, run_dir: Path) -> dict[str, Any]:
-        """Fields the task adds to ``summary.json`` at the end of a run. A ``"models"`` entry
-        is merged into the summary's models (e.g. a supernet's subnets, role ``subnet``, each
-        with ``weights`` and ``config`` files the task wrote under ``run_dir/models``)."""
+        """Deprecated (plugin API 2.0): override :meth:`on_run_end` instead. Still honoured:
+        the engine merges what it returns into ``summary.json`` (a ``"models"`` entry into the
+        summary's models) and warns once per task class."""
         return {}
 
     def write_figures(self, predictor: Predictor, model_name: str, out_dir: Path) -> list[Path]:

@@ -734,9 +734,10 @@ def _check_through_driver(
     manager: Any,
 ) -> None:
     from kdtool.errors import ExportError
-    from kdtool.export.driver import ExportRequest, RunContext, export_model
+    from kdtool.export.driver import ExportRequest, export_model
     from kdtool.export.exporter import ArtifactRunner
     from kdtool.export.verify import check_parity
+    from kdtool.run import Run
     from kdtool.task import Predictor
 
     run = make_reference_run(work / "reference")
@@ -783,7 +784,7 @@ def _check_through_driver(
         f"the runner has graphs {sorted(runner.graphs)}, the manifest {sorted(manifest['graphs'])}",
         "",
     )
-    spec = RunContext(run, manager).export_spec(manifest["model"])
+    spec = Run.open(run, manager=manager).export_spec(manifest["model"])
     tolerance = _tolerance(caps, precision)
     for g in spec.graphs:
         for sizes in g.test_sizes():

@@ -25,8 +25,8 @@ from kdtool.export.bench import (
     record_in_manifest,
     reset_peak,
 )
-from kdtool.export.driver import RunContext
 from kdtool.export.manifest import read_manifest
+from kdtool.run import Run
 from kdtool.task import Predictor
 
 
@@ -61,7 +61,7 @@ def bench_artifact(
     )
     row.peak_memory_mb = peak_growth_mb(baseline)
     if with_metric:
-        run = RunContext(manifest["source"]["run"])
+        run = Run.of_artifact(directory)
         metric = run.task.primary_metric.name
         row.metric_name = metric
         row.metric = float(run.task.evaluate(runner, "val", limit=metric_limit)[metric])
@@ -88,7 +88,7 @@ def bench_run(
     metric_limit: int | None,
     with_metric: bool,
 ) -> tuple[BenchRow, Path]:
-    run = RunContext(path)
+    run = Run.open(path)
     name = run.model_name(model)
     entry = run.summary["models"][name]
     baseline = reset_peak()
@@ -206,7 +206,7 @@ def bench(
             assert path is not None
             rows.append(one("artifact", path))
             continue
-        run_dir = RunContext(path).run_dir
+        run_dir = Run.open(path).run_dir
         row = one("run", run_dir)
         rows.append(row)
         exports = run_dir / "exports"

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from kdtool.cli.common import console
-from kdtool.export.driver import RunContext
 from kdtool.export.manifest import read_manifest
+from kdtool.run import Run
 from kdtool.task import Predictor
 
 
@@ -31,7 +31,7 @@ def evaluate_target(path: Path | None, model: str | None = None, limit: int | No
     if is_artifact(path):
         assert path is not None
         manifest = read_manifest(path)
-        run = RunContext(manifest["source"]["run"])
+        run = Run.of_artifact(path)
         runner = runtime.load(path)
         metrics = run.task.evaluate(runner, "val", limit=limit)
         return {
@@ -40,7 +40,7 @@ def evaluate_target(path: Path | None, model: str | None = None, limit: int | No
             "target": manifest["target"],
             "metrics": metrics,
         }
-    run = RunContext(path)
+    run = Run.open(path)
     name = run.model_name(model)
     spec = run.export_spec(name)
     metrics = run.task.evaluate(Predictor.from_spec(spec), "val", limit=limit)

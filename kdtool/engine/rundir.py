@@ -146,12 +146,28 @@ def write_resolved_recipe(run_dir: Path, data: dict[str, Any]) -> None:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    summary = read_json(run_dir / "summary.json", what="run summary")
+    """``summary.json`` of a run, brought to the current schema (older summaries still load)."""
+    path = run_dir / "summary.json"
+    summary = read_json(path, what="run summary")
+    if not isinstance(summary, dict):
+        raise RunError(f"{path} is not a run summary (a JSON object), got {type(summary).__name__}")
+    return upgrade_summary(summary, path)
+
+
+def upgrade_summary(summary: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Fill what older summaries lack: a summary written before ``schema_version`` existed
+    (none) or before ``status`` was recorded reads as a complete run; newer ones are refused."""
     version = summary.get("schema_version")
-    if version != SUMMARY_SCHEMA_VERSION:
+    if version is not None and (not isinstance(version, int) or version > SUMMARY_SCHEMA_VERSION):
         raise RunError(
-            f"{run_dir / 'summary.json'} has schema_version {version}; this kdtool reads {SUMMARY_SCHEMA_VERSION}"
+            f"{path} has schema_version {version}; this kdtool reads up to {SUMMARY_SCHEMA_VERSION}",
+            hint="upgrade kdtool to read runs written by a newer version",
         )
+    summary["schema_version"] = SUMMARY_SCHEMA_VERSION
+    models = summary.setdefault("models", {})
+    if not isinstance(models, dict):
+        raise RunError(f"{path}: 'models' is a {type(models).__name__}, expected an object of models")
+    summary.setdefault("status", "complete")
     return summary
 
 

@@ -12,6 +12,7 @@ import math
 import platform
 import random
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from kdtool import __version__
 from kdtool.data import EpochSampler
 from kdtool.distill import build_module, check_entry, loss_accepts, plan_stage
 from kdtool.engine import distributed as kdist
+from kdtool.engine.build import build_task, load_run_model, rebuild_model
 from kdtool.engine.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from kdtool.engine.context import StepContext, TeacherCache
 from kdtool.engine.device import check_precision, resolve_device
@@ -51,7 +53,8 @@ from kdtool.engine.stagehash import plan_resume, stage_hashes
 from kdtool.errors import RecipeError, RunError, TrainingError
 from kdtool.io import load_weights, read_json, save_weights, write_json
 from kdtool.plugins import PluginManager, Registries, get_plugin_manager
-from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef, validate_section
+from kdtool.recipe import LoadedRecipe, ModelConfig, Recipe, StageConfig, TeacherRef
+from kdtool.run import Run
 from kdtool.task import Task
 
 
@@ -83,16 +86,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_WARNED_SUMMARY_EXTRAS: set[type] = set()
+
+
+def warn_summary_extras(task_cls: type) -> None:
+    """``Task.summary_extras`` is deprecated: warn once per task class."""
+    if task_cls in _WARNED_SUMMARY_EXTRAS:
+        return
+    _WARNED_SUMMARY_EXTRAS.add(task_cls)
+    warnings.warn(
+        f"task {getattr(task_cls, 'name', task_cls.__name__)!r} ({task_cls.__module__}.{task_cls.__qualname__}) "
+        "overrides Task.summary_extras, deprecated since plugin API 2.0: override "
+        "Task.on_run_end(run) and write through run.add_model / run.update_summary",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 # --------------------------------------------------------------------------- building
-
-
-def build_task(loaded: LoadedRecipe, registries: Registries, cache_dir: Path | None = None) -> Task:
-    recipe = loaded.recipe
-    task_cls = registries.tasks.get(recipe.task.name)
-    options = validate_section(loaded, task_cls.Options, ("task", "options"), recipe.task.options)
-    data = validate_section(loaded, task_cls.DataOptions, ("data",), recipe.data)
-    cache = cache_dir or Path(recipe.runs_dir) / ".cache"
-    return task_cls(options, data, seed=recipe.seed, cache_dir=cache)
 
 
 def build_model(task: Task, registries: Registries, name: str, cfg: ModelConfig) -> BuiltModel:
@@ -109,39 +120,6 @@ def build_model(task: Task, registries: Registries, name: str, cfg: ModelConfig)
         module.load_state_dict(load_weights(Path(cfg.checkpoint)))
     config = {"arch": cfg.arch, "options": options, "task": task.name}
     return BuiltModel(module, config)
-
-
-def rebuild_model(registries: Registries, config: dict[str, Any], weights: Path | None) -> nn.Module:
-    """A model from a run's ``config.json`` (and its weights)."""
-    try:
-        module = registries.models.get(config["arch"])(**config.get("options", {}))
-    except KeyError as exc:
-        raise RunError(f"model config lacks {exc}") from None
-    if config.get("quantization_aware"):
-        from kdtool.quant import apply_plan
-
-        apply_plan(module, config["quantization_aware"], fold=False)
-    if weights is not None:
-        state = load_weights(weights)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise RunError(f"weights {weights} do not fit architecture {config['arch']!r}: {exc}") from None
-    return module
-
-
-def load_run_model(
-    registries: Registries, run_dir: Path, model_name: str
-) -> tuple[nn.Module, dict[str, Any]]:
-    summary = read_summary(run_dir)
-    models = summary.get("models", {})
-    if model_name not in models:
-        raise RunError(f"run {run_dir} has no model {model_name!r}; models: {sorted(models)}")
-    entry = models[model_name]
-    if not entry.get("weights"):
-        raise RunError(f"model {model_name!r} of run {run_dir} has no weights (its stage did not finish)")
-    config = read_json(run_dir / entry["config"], what="model config")
-    return rebuild_model(registries, config, run_dir / entry["weights"]), config
 
 
 def load_teacher(
@@ -424,13 +402,25 @@ class Engine:
             self._train_stage(run_dir, index, stage)
             kdist.barrier(self.dist)
         if self.dist.is_main:
-            summary = read_summary(run_dir)
-            done = set(read_state(run_dir).get("completed", []))
-            summary["status"] = "complete" if all(s.name in done for s in self.recipe.stages) else "partial"
+            self._end_run(run_dir)
+
+    def _end_run(self, run_dir: Path) -> None:
+        """Record the run's status, then let the task add to it (``Task.on_run_end``)."""
+        done = set(read_state(run_dir).get("completed", []))
+        run = Run(run_dir, self.manager, task=self.task)
+        run.update_summary(
+            status="complete" if all(s.name in done for s in self.recipe.stages) else "partial"
+        )
+        if type(self.task).summary_extras is not Task.summary_extras:  # a plugin written for API 1.x
+            warn_summary_extras(type(self.task))
             extras = dict(self.task.summary_extras(run_dir))
-            summary["models"].update(extras.pop("models", {}))
-            summary.update(extras)
-            write_summary(run_dir, summary)
+
+            def merge(summary: dict[str, Any]) -> None:
+                summary["models"].update(extras.pop("models", {}))
+                summary.update(extras)
+
+            run.update_summary(merge)
+        self.task.on_run_end(run)
 
     # ------------------------------------------------------------ helpers
 
@@ -817,8 +807,7 @@ class Engine:
             save_weights(model, weights)
         config = {**built.config, "stage": stage.name, "role": stage.role, "recipe_hash": self.recipe.hash()}
         write_json(config_path, config)
-        summary = read_summary(run_dir)
-        summary["models"][stage.name] = {
+        entry: dict[str, Any] = {
             "role": stage.role,
             "baseline_for": stage.baseline_for,
             "model": stage.model,
@@ -835,8 +824,8 @@ class Engine:
             "teachers": list(teachers),
         }
         if cache is not None:
-            summary["models"][stage.name]["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses}
-        write_summary(run_dir, summary)
+            entry["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses}
+        Run(run_dir, self.manager, task=self.task).add_model(stage.name, entry)  # under the summary lock
         run_state = read_state(run_dir)
         run_state.setdefault("completed", []).append(stage.name)
         write_state(run_dir, run_state)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,19 +22,17 @@ import yaml
 from pydantic import ValidationError
 
 from kdtool import __version__
-from kdtool.engine.rundir import failure_note, read_summary, resolve_run
-from kdtool.engine.trainer import build_task, load_run_model
-from kdtool.errors import ExportError, KdtoolError, RunError
+from kdtool.errors import ExportError, KdtoolError
 from kdtool.export.exporter import Artifact, ExportContext, Exporter, ExporterOptions
-from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, file_entries, write_manifest
+from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, file_entries, run_reference, write_manifest
 from kdtool.export.spec import DynamicAxis, ExportSpec
 from kdtool.export.targets import TargetProfile
 from kdtool.export.verify import artifact_graphs, compare_metric, describe_failures, verify_artifact
 from kdtool.io import sha256_file
-from kdtool.plugins import PluginManager, Registries, get_plugin_manager
-from kdtool.recipe import load_recipe
+from kdtool.plugins import PluginManager, Registries
 from kdtool.registry import suggest
-from kdtool.task import Predictor, Task
+from kdtool.run import Run
+from kdtool.task import Predictor
 
 
 @dataclass
@@ -156,62 +155,22 @@ def warn_own_verify(exporter: Exporter, echo: Callable[[str], None]) -> None:
         )
 
 
-class RunContext:
-    """A run directory opened for export, eval or bench: its task, summary and models."""
+class RunContext(Run):
+    """Deprecated: use :class:`kdtool.run.Run` (``Run.open(path)``); kept for old imports."""
 
     def __init__(self, run: Path | str | None, manager: PluginManager | None = None) -> None:
-        self.manager = manager or get_plugin_manager()
-        self.registries = self.manager.registries()
-        self.run_dir = resolve_run(run)
-        self.summary = read_summary(self.run_dir)
-        recipe_path = self.run_dir / "recipe.resolved.yaml"
-        if not recipe_path.exists():
-            raise RunError(f"run {self.run_dir} has no recipe.resolved.yaml")
-        self.loaded = load_recipe(recipe_path)
-        self._task: Task | None = None
-
-    @property
-    def task(self) -> Task:
-        if self._task is None:
-            self._task = build_task(self.loaded, self.registries)
-            self._task.prepare(self.run_dir)
-        return self._task
-
-    def model_name(self, name: str | None) -> str:
-        chosen = name or self.summary.get("deploy_model")
-        models = self.summary.get("models", {})
-        failed = failure_note(self.summary)
-        if (not chosen or chosen not in models) and failed:
-            recipe = self.summary.get("recipe_file") or "RECIPE"
-            hint = f"fix the cause and train again with `kdtool distill {recipe}`"
-            if models:
-                hint += (
-                    f" (add `--resume --run {self.run_dir}` to keep its finished stages: {', '.join(models)})"
-                )
-            raise RunError(f"run {self.run_dir} has no model {chosen!r}: {failed}", hint=hint)
-        if not chosen or chosen not in models:
-            close = suggest(chosen or "", list(models))
-            raise RunError(
-                f"run {self.run_dir} has no model {chosen!r} (its stage did not finish or it does not exist); "
-                f"models: {sorted(models) or 'none'}",
-                hint=f"did you mean {close!r}?"
-                if close
-                else "finish the run with `kdtool distill RECIPE --resume`",
-            )
-        return chosen
-
-    def load_model(self, name: str) -> Any:
-        module, _ = load_run_model(self.registries, self.run_dir, name)
-        return module.eval()
-
-    def export_spec(self, name: str) -> ExportSpec:
-        return self.task.export_spec(self.load_model(name), name)
+        warnings.warn(
+            "kdtool.export.driver.RunContext is deprecated; use kdtool.run.Run.open(path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(Run.open(run, manager=manager).run_dir, manager)
 
 
 def export_model(
     request: ExportRequest, *, manager: PluginManager | None = None, echo: Callable[[str], None] = print
 ) -> ExportOutcome:
-    ctx_run = RunContext(request.run, manager)
+    ctx_run = Run.open(request.run, manager=manager)
     registries = ctx_run.registries
     profile, exporter = resolve_target(request.target, registries)
     caps = exporter.capabilities
@@ -294,6 +253,8 @@ def export_model(
     manifest: dict[str, Any] = _base_manifest(
         ctx_run, profile, exporter, precision, options, model_name, spec, artifact, tmp_dir, export_seconds
     )
+    # relative to the manifest's folder: an artifact copied together with its run finds it
+    manifest["source"]["run"] = run_reference(ctx_run.run_dir, out_dir)
     manifest["dependencies"] = dependencies
     manifest["batch"] = request.batch
     if request.verify:
@@ -480,7 +441,7 @@ def _with_precision(options: ExporterOptions, precision: str) -> ExporterOptions
 
 
 def _base_manifest(
-    ctx_run: RunContext,
+    ctx_run: Run,
     profile: TargetProfile,
     exporter: Exporter,
     precision: str,
@@ -509,7 +470,8 @@ def _base_manifest(
         "role": entry.get("role"),
         "params": entry.get("params"),
         "source": {
-            "run": str(ctx_run.run_dir),
+            "run": str(ctx_run.run_dir),  # made relative to the final folder by export_model
+            "run_at_export": str(ctx_run.run_dir),
             "recipe": ctx_run.summary.get("recipe"),
             "recipe_hash": ctx_run.summary.get("recipe_hash"),
             "weights": entry["weights"],

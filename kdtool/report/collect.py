@@ -197,11 +197,11 @@ def write_task_figures(run_dir: Path, summary: dict[str, Any], opts: ReportOptio
     """Ask the run's task to write figures (``Task.write_figures``) for each model with weights
     into ``RUN/figures/``; a marker file remembers which weights were drawn, so a second report
     does not draw them again."""
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
     from kdtool.task import Task
 
     try:
-        ctx = RunContext(run_dir)
+        ctx = Run.open(run_dir)
         task_cls = ctx.registries.tasks.get(ctx.loaded.recipe.task.name)
     except Exception as exc:
         notes.append(f"task figures not drawn: the run's task cannot be loaded ({type(exc).__name__}: {exc})")
@@ -328,13 +328,13 @@ def collect_run(run: Path | str | None, opts: ReportOptions | None = None) -> Ru
 def _measure(
     run_dir: Path, summary: dict[str, Any], opts: ReportOptions, notes: list[str]
 ) -> dict[str, ModelMeasurement]:
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
 
-    ctx: list[RunContext] = []
+    ctx: list[Run] = []
 
     def spec_for(name: str) -> Any:
         if not ctx:
-            ctx.append(RunContext(run_dir))
+            ctx.append(Run.open(run_dir))
         return ctx[0].export_spec(name)
 
     try:

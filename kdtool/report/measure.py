@@ -1,6 +1,6 @@
 """FLOPs/MACs and CPU latency of a run's models, measured on the export spec's graphs.
 
-Each model is rebuilt from the run (``RunContext.load_model``) and described by its task's
+Each model is rebuilt from the run (``kdtool.run.Run.load_model``) and described by its task's
 ``export_spec``, so what is counted is exactly the deployable interface (wrappers,
 normalisation inside the graph), called once per graph at batch 1 with the other dynamic
 axes at their ``opt`` size.

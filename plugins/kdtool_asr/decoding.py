@@ -249,3 +249,24 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict[str, float]:
     char_err = sum(edit_distance(list(r), list(h)) for r, h in zip(refs, hyps, strict=True))
     chars = sum(len(r) for r in refs)
     return {"wer": word_err / max(1, words), "cer": char_err / max(1, chars)}
+
+
+def decode_batch(
+    predictor: Any,
+    enc: torch.Tensor,
+    enc_lens: torch.Tensor,
+    info: DecoderInfo,
+    *,
+    beam: int,
+    max_symbols: int,
+) -> list[list[int]]:
+    """Token ids per utterance of a batch of encoder outputs, through a predictor's (a
+    PyTorch model's or an artifact's) ``decoder`` and ``joiner`` graphs: beam search when
+    ``beam`` > 0, else batched greedy search."""
+    decoder, joiner = predictor.graphs["decoder"], predictor.graphs["joiner"]
+    if beam > 0:
+        return [
+            beam_search(enc[b : b + 1], int(enc_lens[b]), decoder, joiner, info, beam)
+            for b in range(enc.shape[0])
+        ]
+    return greedy_search(enc, enc_lens, decoder, joiner, info, max_symbols)

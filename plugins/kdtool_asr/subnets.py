@@ -21,18 +21,15 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import torch
 import typer
 
 from kdtool.io import atomic_path, read_json, save_weights, write_json
-from kdtool.task import Predictor
+from kdtool.task import Predictor, Task
 
 from .models import Subnet, SupernetRNNT
-
-if TYPE_CHECKING:
-    from .task import AsrSupernetTask
 
 
 def build_subnet_model(
@@ -46,7 +43,7 @@ def build_subnet_model(
 
 
 def write_subnet_model(
-    task: AsrSupernetTask,
+    task: Task,
     run_dir: Path,
     stage_name: str,
     supernet: SupernetRNNT,
@@ -101,8 +98,7 @@ def measure_latencies(
     """Milliseconds of encoder + greedy decoding of one utterance (batch 1) per predictor,
     ``rounds`` times each, interleaved (round r times every predictor once), so that a load
     change on a shared machine shifts every subnet alike instead of the last ones measured."""
-    from .decoding import DecoderInfo
-    from .task import decode_batch
+    from .decoding import DecoderInfo, decode_batch
 
     lengths = torch.tensor([features.shape[1]])
 
@@ -239,9 +235,9 @@ def subnets_table(
     run: Path | None, *, eval_limit: int | None, repeats: int, refresh: bool, echo: Any = print
 ) -> tuple[Any, str, SupernetRNNT, dict[str, Any], list[dict[str, Any]]]:
     from kdtool.errors import RunError
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
 
-    ctx = RunContext(run)
+    ctx = Run.open(run)
     task = ctx.task
     stages = [
         n
@@ -338,7 +334,6 @@ def register_subnets_command(app: typer.Typer) -> None:
         from rich.table import Table
 
         from kdtool.cli.common import console
-        from kdtool.engine.rundir import read_summary, write_summary
         from kdtool.errors import RunError
 
         ctx, stage_name, supernet, config, rows = subnets_table(
@@ -459,9 +454,7 @@ def register_subnets_command(app: typer.Typer) -> None:
                 }
             },
         )
-        summary = read_summary(ctx.run_dir)
-        summary["models"][model_name] = entry
-        write_summary(ctx.run_dir, summary)
+        ctx.add_model(model_name, entry)  # under the run's summary lock
         q = best.get("latency_quartiles_ms") or [best["latency_ms"]] * 3
         if stability["stable"]:
             console.print(

@@ -100,6 +100,7 @@ from kdtool.export.spec import (
     TensorSpec,
 )
 from kdtool.recipe import LossTerm, StageConfig
+from kdtool.run import Run
 from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from .audio import (
@@ -122,7 +123,7 @@ from .data import (
     length_buckets,
     librispeech,
 )
-from .decoding import DecoderInfo, beam_search, error_rates, greedy_search
+from .decoding import DecoderInfo, decode_batch, error_rates
 from .losses import lattice_mask, lattice_point, rnnt_loss
 from .models import KernelConv, Subnet, SupernetRNNT
 from .synth import words as synth_words
@@ -772,19 +773,19 @@ class AsrSupernetTask(Task[AsrOptions, AsrData]):
                 named = {k: model.check_subnet(Subnet.parse(v)) for k, v in custom.items()}  # type: ignore[arg-type]
         return named
 
-    def summary_extras(self, run_dir: Path) -> dict[str, Any]:
+    def on_run_end(self, run: Run) -> None:
         """The named subnets of each supernet stage as models (role ``subnet``), each linked
         to its twin stage (``twin``; ``compare_with`` makes the report's distillation gain
         subnet vs twin, like with like), and two figures under ``RUN/figures/``: the named
-        subnets and their twins on a size-vs-WER plot, and their validation WER vs step."""
-        from kdtool.engine.rundir import read_summary
+        subnets and their twins on a size-vs-WER plot, and their validation WER vs step.
+        Written into ``summary.json`` through ``run`` (under its lock)."""
         from kdtool.io import load_weights, read_json
-        from kdtool.recipe import load_recipe
 
         from .subnets import write_subnet_model
 
-        summary = read_summary(run_dir)
-        recipe = load_recipe(run_dir / "recipe.resolved.yaml").recipe
+        run_dir = run.run_dir
+        summary = run.reload()
+        recipe = run.recipe
         done = summary.get("models", {})
         models: dict[str, Any] = {}
         for stage in recipe.stages:
@@ -809,10 +810,13 @@ class AsrSupernetTask(Task[AsrOptions, AsrData]):
                     if sub == supernet.default_subnet:
                         models[stage.name] = {**entry, "compare_with": twin}
             self._write_figures(run_dir, stage.name, models, done)
-        extras: dict[str, Any] = {"features": self.features}
-        if models:
-            extras["models"] = models
-        return extras
+        features = self.features
+
+        def merge(summary: dict[str, Any]) -> None:
+            summary["models"].update(models)
+            summary["features"] = features
+
+        run.update_summary(merge)
 
     def _twins_of(
         self,
@@ -889,24 +893,6 @@ def _has_progress(run_dir: Path) -> bool:
 
 def _detokenize(vocab: list[str], tokens: list[int]) -> str:
     return "".join(vocab[t] for t in tokens if 0 < t < len(vocab))
-
-
-def decode_batch(
-    predictor: Predictor,
-    enc: torch.Tensor,
-    enc_lens: torch.Tensor,
-    info: DecoderInfo,
-    *,
-    beam: int,
-    max_symbols: int,
-) -> list[list[int]]:
-    decoder, joiner = predictor.graphs["decoder"], predictor.graphs["joiner"]
-    if beam > 0:
-        return [
-            beam_search(enc[b : b + 1], int(enc_lens[b]), decoder, joiner, info, beam)
-            for b in range(enc.shape[0])
-        ]
-    return greedy_search(enc, enc_lens, decoder, joiner, info, max_symbols)
 
 
 def make_export_spec(

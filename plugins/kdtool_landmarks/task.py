@@ -55,6 +55,7 @@ from kdtool.export.spec import (
     TensorSpec,
 )
 from kdtool.recipe import LossTerm, StageConfig
+from kdtool.run import Run
 from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 from kdtool_landmarks import metrics as M
 from kdtool_landmarks.asm import ShapeModel, soft_landmarks
@@ -619,16 +620,13 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
 
     # ------------------------------------------------------------ run summary
 
-    def summary_extras(self, run_dir: Path) -> dict[str, Any]:
+    def on_run_end(self, run: Run) -> None:
         """Parameters and CPU latency (batch 1) of every model of the run, the figures, and the
-        student-vs-baseline NME difference; merged into ``summary.json`` by the engine."""
+        student-vs-baseline NME difference, as ``summary.json``'s ``landmarks`` entry."""
         from kdtool_landmarks.models import MODELS
 
-        summary_path = run_dir / "summary.json"
-        try:
-            models = json.loads(summary_path.read_text()).get("models", {})
-        except (OSError, ValueError):
-            return {}
+        run_dir = run.run_dir
+        models = run.reload().get("models", {})
         out: dict[str, Any] = {"models": {}, "figures": []}
         fig_dir = run_dir / "figures"
         for stage, entry in models.items():
@@ -667,7 +665,7 @@ class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
                         "baseline_nme": base,
                         "nme_reduction": round(base - student, 4),
                     }
-        return {"landmarks": out}
+        run.update_summary(landmarks=out)
 
 
 def cpu_latency_ms(net: nn.Module, size: int, runs: int = 30) -> float:

@@ -16,8 +16,9 @@ import yaml
 
 from kdtool import runtime
 from kdtool.engine.trainer import DistillOptions, Engine
-from kdtool.export.driver import ExportRequest, RunContext, export_model
+from kdtool.export.driver import ExportRequest, export_model
 from kdtool.recipe import load_recipe
+from kdtool.run import Run
 from kdtool.task import Predictor
 
 pytestmark = pytest.mark.slow
@@ -167,7 +168,7 @@ def test_three_graph_onnx_export_and_ort_greedy_decoding(run_dir: Path) -> None:
     props = {p.key: p.value for p in enc.metadata_props}
     assert json.loads(props["vocabulary"]) == meta["vocabulary"]
     # greedy decoding over the three ONNX graphs reproduces the PyTorch transcripts
-    ctx = RunContext(run_dir)
+    ctx = Run.open(run_dir)
     task = ctx.task
     dataset = task.build_dataset("val")
     torch_pred = Predictor.from_spec(ctx.export_spec("supernet-middle"))

@@ -23,9 +23,10 @@ from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 from kdtool import runtime
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import DataError
-from kdtool.export.driver import ExportRequest, RunContext, export_model
+from kdtool.export.driver import ExportRequest, export_model
 from kdtool.io import load_weights, save_weights
 from kdtool.recipe import load_recipe
+from kdtool.run import Run
 from tests.asr.test_e2e import tiny_asr_recipe
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_sherpa_export_transcribes_the_validation_set_like_kdtool_greedy(run_dir
     assert sherpa.kind == "sherpa-onnx"
     ort = _ort_runner_over(out.directory)
     assert manifest["metadata"]["postprocessing"]["frame_repeat"] == 3
-    task = RunContext(run_dir).task
+    task = Run.open(run_dir).task
     dataset = task.build_dataset("val")
     indices = range(len(dataset))  # type: ignore[arg-type]
     refs, hyps_sherpa = task.transcribe(sherpa, dataset, indices)  # type: ignore[attr-defined]
@@ -116,7 +117,7 @@ def test_predict_on_real_audio_through_sherpa_onnx_and_onnx_runtime(run_dir: Pat
         ExportRequest(run=run_dir, target="sherpa-onnx"), echo=lambda _m: None
     ).directory
     onnx_dir = export_model(ExportRequest(run=run_dir, target="onnx"), echo=lambda _m: None).directory
-    dataset = RunContext(run_dir).task.build_dataset("val")
+    dataset = Run.open(run_dir).task.build_dataset("val")
     audio = dataset.waveform(0)  # type: ignore[attr-defined]
     folder = run_dir / "audio"
     folder.mkdir(exist_ok=True)
@@ -176,7 +177,7 @@ def test_cli_predict_and_bench_run_sherpa_onnx(run_dir: Path, capsys: pytest.Cap
 
     directory = export_model(ExportRequest(run=run_dir, target="sherpa-onnx"), echo=lambda _m: None).directory
     wav = run_dir / "cli.wav"
-    sf.write(wav, RunContext(run_dir).task.build_dataset("val").waveform(1), 16000)  # type: ignore[attr-defined]
+    sf.write(wav, Run.open(run_dir).task.build_dataset("val").waveform(1), 16000)  # type: ignore[attr-defined]
     result = CliRunner().invoke(app, ["predict", str(directory), str(wav)])
     assert result.exit_code == 0, result.output
     bad = run_dir / "bad.flac"

@@ -73,9 +73,9 @@ def test_onnx_teacher_without_labels_uses_only_the_teacher(teacher_run: Path, tm
 
 
 def test_program_teacher_teaches(teacher_run: Path, tmp_path: Path) -> None:
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
 
-    spec = RunContext(teacher_run).export_spec("teacher")
+    spec = Run.open(teacher_run).export_spec("teacher")
     graph = spec.graphs[0]
     program = _export_program(graph)
     pt2 = tmp_path / "teacher.pt2"
@@ -113,9 +113,9 @@ def test_teacher_that_disagrees_with_the_data_fails_naming_both(teacher_run: Pat
             )
         )
     # without label metadata (a .pt2 program), the class count is checked
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
 
-    graph = RunContext(teacher_run).export_spec("teacher").graphs[0]
+    graph = Run.open(teacher_run).export_spec("teacher").graphs[0]
     pt2 = tmp_path / "teacher.pt2"
     torch.export.save(_export_program(graph), str(pt2))
     with pytest.raises(DataError, match=r"predicts 10 classes.*data has 3 classes"):

@@ -66,9 +66,9 @@ def test_onnx_fp32_export_is_verified_and_loads_back(run_dir: Path) -> None:
     # kdtool.runtime.load gives the same outputs as the PyTorch model
     runner = runtime.load(outcome.directory)
     x = torch.rand(3, 1, 8, 8)
-    from kdtool.export.driver import RunContext
+    from kdtool.run import Run
 
-    spec = RunContext(run_dir).export_spec("student")
+    spec = Run.open(run_dir).export_spec("student")
     with torch.no_grad():
         ref = spec.graphs[0].module(x)
     assert torch.allclose(runner(x)[0], ref, atol=1e-4)
@@ -157,10 +157,10 @@ def test_max_metric_drop_fails_and_keeps_the_marked_artifact(run_dir: Path) -> N
 def test_unsupported_op_names_the_op_and_target(run_dir: Path) -> None:
     from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 
-    from kdtool.export.driver import RunContext
     from kdtool.export.exporter import ExportContext
+    from kdtool.run import Run
 
-    spec = RunContext(run_dir).export_spec("student")
+    spec = Run.open(run_dir).export_spec("student")
 
     class Zeta(torch.nn.Module):
         def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -177,10 +177,10 @@ def test_unsupported_op_names_the_op_and_target(run_dir: Path) -> None:
 def test_empty_calibration_data_is_an_error(run_dir: Path, tmp_path: Path) -> None:
     from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 
-    from kdtool.export.driver import RunContext
     from kdtool.export.exporter import ExportContext
+    from kdtool.run import Run
 
-    spec = RunContext(run_dir).export_spec("student")
+    spec = Run.open(run_dir).export_spec("student")
     spec.graphs[0].calibration_inputs = lambda n: iter(())
     ctx = ExportContext(
         target="onnx-cpu-int8", precision="int8", require_artifact=lambda *_: None, log=lambda _m: None

@@ -13,8 +13,9 @@ import torch
 
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import ExportError, RecipeError
-from kdtool.export.driver import ExportRequest, RunContext, export_model
+from kdtool.export.driver import ExportRequest, export_model
 from kdtool.recipe import load_recipe
+from kdtool.run import Run
 from tests.helpers import tiny_recipe, write_recipe
 
 QAD_STEPS = 40
@@ -115,7 +116,7 @@ def test_exported_qdq_equals_the_fake_quantized_model(run_dir: Path, qad_export:
     assert "learned" in q["scales"] and q["qad_init_stage"] == "student"
     assert q["summary"]["quantize_nodes"] > 0 and "Conv" in q["summary"]["quantized_ops"]
     path = outcome.directory / "model.onnx"
-    spec = RunContext(run_dir).export_spec("student_qad")
+    spec = Run.open(run_dir).export_spec("student_qad")
     x = torch.rand(16, 1, 16, 16)
     with torch.no_grad():
         ref = spec.graphs[0].module(x).numpy()

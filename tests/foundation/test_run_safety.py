@@ -13,10 +13,10 @@ import kdtool
 from kdtool.engine.rundir import newest_run
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import DataError, RunError
-from kdtool.export.driver import RunContext
 from kdtool.plugins import PluginInfo, PluginManager
 from kdtool.recipe import load_recipe
 from kdtool.report import ReportOptions, collect_run
+from kdtool.run import Run
 from tests.helpers import run_cli, tiny_recipe, write_recipe
 
 
@@ -48,7 +48,7 @@ def test_a_run_that_fails_at_start_keeps_latest_and_is_marked_failed(tmp_path: P
     assert str(missing) in summary["error"]["message"]
     # export and report say plainly that the run failed, without a --resume hint
     with pytest.raises(RunError) as info:
-        RunContext(failed).model_name(None)
+        Run.open(failed).model_name(None)
     text = str(info.value)
     assert "failed" in text and "data error" in text and "--resume" not in text
     said: list[str] = []

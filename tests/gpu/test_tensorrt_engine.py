@@ -17,8 +17,9 @@ from kdtool_tensorrt import engine as eng
 from kdtool import runtime
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import ExportError
-from kdtool.export.driver import ExportRequest, RunContext, export_model
+from kdtool.export.driver import ExportRequest, export_model
 from kdtool.recipe import load_recipe
+from kdtool.run import Run
 from tests.helpers import tiny_recipe, write_recipe
 
 pytestmark = pytest.mark.gpu
@@ -74,7 +75,7 @@ def test_fp16_engine_is_built_stamped_and_verified(fp16: Any) -> None:
 def test_runner_runs_any_batch_in_the_profile(run_dir: Path, fp16: Any) -> None:
     runner = runtime.load(fp16.directory)
     assert runner.kind == "tensorrt"
-    module = RunContext(run_dir).export_spec("student").graphs[0].module
+    module = Run.open(run_dir).export_spec("student").graphs[0].module
     for batch in (1, 7, 64):
         x = torch.rand(batch, 1, 8, 8)
         with torch.no_grad():

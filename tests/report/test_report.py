@@ -122,9 +122,9 @@ def test_models_table_has_every_model_with_params_macs_metric_and_gain(report: t
     for name, hidden in (("teacher", 64), ("student", 16)):
         config = json.loads((run / models[name]["config"]).read_text())
         assert config["options"].get("hidden") == hidden
-        from kdtool.export.driver import RunContext
+        from kdtool.run import Run
 
-        module = RunContext(run).load_model(name)
+        module = Run.open(run).load_model(name)
         linear_macs = sum(
             m.in_features * m.out_features for m in module.modules() if isinstance(m, nn.Linear)
         )

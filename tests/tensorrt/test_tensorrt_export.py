@@ -22,10 +22,11 @@ from onnx import numpy_helper
 
 from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import ExportError
-from kdtool.export.driver import ExportRequest, RunContext, export_model, resolve_target
+from kdtool.export.driver import ExportRequest, export_model, resolve_target
 from kdtool.export.spec import DynamicAxis, GraphSpec, TensorSpec
 from kdtool.plugins import get_registries
 from kdtool.recipe import load_recipe
+from kdtool.run import Run
 from tests.helpers import tiny_recipe, write_recipe
 
 KNOWN_TRTEXEC_FLAGS = {
@@ -94,7 +95,7 @@ def test_int8_qdq_onnx_runs_in_onnxruntime_and_matches_pytorch(run_dir: Path, in
     onnx_file = int8.directory / "model.trt.onnx"
     assert m["graphs"]["model"]["file"] == "model.trt.onnx"  # no engine here: the graph file is the ONNX
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    spec = RunContext(run_dir).export_spec("student")
+    spec = Run.open(run_dir).export_spec("student")
     graph = spec.graphs[0]
     samples = list(graph.calibration_inputs(16))  # real digits, as the quantizer saw them
     x = torch.cat([s[0] for s in samples])
@@ -607,7 +608,7 @@ def test_fp8_qdq_keeps_the_calibrated_ranges(run_dir: Path, int8: Any, tmp_path:
             wf = cf[nf.input[0]].astype(np.float32) * cf[nf.input[1]].reshape(shape)
             assert np.abs(wf - w8).max() <= 0.07 * np.abs(w8).max()
     # on real (calibration-range) samples the FP8 graph stays within the FP8 tolerance of PyTorch
-    graph = RunContext(run_dir).export_spec("student").graphs[0]
+    graph = Run.open(run_dir).export_spec("student").graphs[0]
     x = torch.cat([s[0] for s in graph.calibration_inputs(8)])
     with torch.no_grad():
         ref = graph.module(x).numpy()
