@@ -1,7 +1,8 @@
 """kdtool: distil big models into small on-device models, and export them.
 
-Public API for plugin authors: ``hookimpl``, ``Task``, ``TaskOptions``, ``PrimaryMetric``,
-``Predictor``, ``ExportSpec`` (with ``GraphSpec``, ``TensorSpec``, ``DynamicAxis``,
+Public API for plugin authors: ``hookimpl``, ``Task``, ``RoleSpec``, ``TaskOptions``,
+``PrimaryMetric``, ``Predictor``, ``ExportSpec`` (typed pre/post-processing: ``ImagePreprocessing``,
+``AudioPreprocessing``, ``CTCDecoding``, ...) (with ``GraphSpec``, ``TensorSpec``, ``DynamicAxis``,
 ``DeployMetadata``, ``QuantizationHints``), ``Exporter`` and ``PLUGIN_API_VERSION``.
 
 ``import kdtool`` is light: it imports neither torch nor any plugin. The names that need
@@ -26,6 +27,15 @@ _LAZY: dict[str, str] = {
     "GraphSpec": "kdtool.export.spec",
     "QuantizationHints": "kdtool.export.spec",
     "TensorSpec": "kdtool.export.spec",
+    "AudioPreprocessing": "kdtool.export.spec",
+    "CTCDecoding": "kdtool.export.spec",
+    "ClassPostprocessing": "kdtool.export.spec",
+    "ImagePreprocessing": "kdtool.export.spec",
+    "LandmarksPostprocessing": "kdtool.export.spec",
+    "Processing": "kdtool.export.spec",
+    "TextLineImagePreprocessing": "kdtool.export.spec",
+    "TransducerDecoding": "kdtool.export.spec",
+    "RoleSpec": "kdtool.task",
     "Exporter": "kdtool.export.exporter",
     "Predictor": "kdtool.task",
     "PrimaryMetric": "kdtool.task",
@@ -35,17 +45,26 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "PLUGIN_API_VERSION",
+    "AudioPreprocessing",
+    "CTCDecoding",
+    "ClassPostprocessing",
     "DeployMetadata",
     "DynamicAxis",
     "ExportSpec",
     "Exporter",
     "GraphSpec",
+    "ImagePreprocessing",
+    "LandmarksPostprocessing",
     "Predictor",
     "PrimaryMetric",
+    "Processing",
     "QuantizationHints",
+    "RoleSpec",
     "Task",
     "TaskOptions",
     "TensorSpec",
+    "TextLineImagePreprocessing",
+    "TransducerDecoding",
     "__version__",
     "hookimpl",
 ]
@@ -53,14 +72,22 @@ __all__ = [
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these are lazy
     from kdtool.export.exporter import Exporter
     from kdtool.export.spec import (
+        AudioPreprocessing,
+        ClassPostprocessing,
+        CTCDecoding,
         DeployMetadata,
         DynamicAxis,
         ExportSpec,
         GraphSpec,
+        ImagePreprocessing,
+        LandmarksPostprocessing,
+        Processing,
         QuantizationHints,
         TensorSpec,
+        TextLineImagePreprocessing,
+        TransducerDecoding,
     )
-    from kdtool.task import Predictor, PrimaryMetric, Task, TaskOptions
+    from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Task, TaskOptions
 
 
 def __getattr__(name: str) -> Any:

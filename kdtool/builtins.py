@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kdtool.hookspecs import Register, hookimpl
 
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 
 @hookimpl

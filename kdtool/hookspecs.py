@@ -1,9 +1,10 @@
 """Every hook a kdtool plugin can implement. The docstrings here are the plugin documentation.
 
 Plugin API version ``PLUGIN_API_VERSION`` (``MAJOR.MINOR``). A plugin module may declare the
-version it was written for as a module attribute ``KDTOOL_PLUGIN_API = "1.0"``; a plugin built
-for another MAJOR version is reported as incompatible by ``kdtool plugins`` and not loaded.
-MINOR versions only add hooks, so a plugin written for 1.0 runs on 1.x.
+version it was written for as a module attribute ``KDTOOL_PLUGIN_API = "2.0"``; a plugin built
+for another MAJOR version is reported as incompatible by ``kdtool plugins`` and not loaded
+(using a name it would register fails with an error listing ``API_CHANGES``).
+MINOR versions only add hooks, so a plugin written for 2.0 runs on 2.x.
 
 Registration hooks receive a ``register`` callback. Call it once per object:
 ``register(name, obj, description="...")``. The name must be unique across all plugins:
@@ -21,7 +22,31 @@ if TYPE_CHECKING:
     import typer
 
 PROJECT_NAME = "kdtool"
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "2.0"
+
+# What changed from the previous MAJOR version (shown to a plugin written for 1.x).
+API_CHANGES: list[str] = [
+    "Task.roles: a task declares its stage roles as {role: kdtool.RoleSpec(description, options, "
+    "loss_slots, teachers, baseline, deploy_rank)}; a recipe stage's role must be one of them "
+    "(was: the fixed teacher/student/baseline/supernet). A task without `roles` gets teacher, "
+    "student and baseline taking `StageOptions`",
+    "stage options are validated once, when the recipe loads, by the role's options model; read "
+    "them with `self.stage_options(stage)` (the validated model), not per batch",
+    "a stage with no options model accepts no options (was: any dict when StageOptions was None)",
+    "the baseline_for rule comes from RoleSpec.baseline (was: the role name 'baseline')",
+    "Recipe.default_deploy_model(roles) ranks roles by RoleSpec.deploy_rank",
+    "DeployMetadata.preprocessing/postprocessing are typed models (ImagePreprocessing, "
+    "AudioPreprocessing, TextLineImagePreprocessing, ClassPostprocessing, CTCDecoding, "
+    "TransducerDecoding, LandmarksPostprocessing); plain dicts are still accepted and parsed by "
+    "'kind'; image 'normalization' is 'inside' | 'outside' | 'none' (was prose); metadata "
+    "schema_version 2",
+    "Task is generic: Task[OptionsT, DataT] types self.options and self.data",
+    "distillation points: a task declares `distill_points` (kdtool.distill.PointSpec) and its "
+    "step calls `ctx.expose(kind, tensor[, side='teacher'])`; the engine pairs every KD loss of "
+    "the recipe with matching points (a task no longer calls `ctx.loss(name)` for KD terms)",
+    "export verification (parity, metric, tolerances) is done by the export driver "
+    "(kdtool.export.verify); an exporter converts, loads a runner and optionally inspects",
+]
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)

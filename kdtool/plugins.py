@@ -117,6 +117,17 @@ def _disabled() -> set[str]:
     return {p.strip() for p in os.environ.get(DISABLE_ENV, "").split(",") if p.strip()}
 
 
+def api_mismatch_message(plugin: str, declared: str) -> str:
+    """Why a plugin written for another plugin API major version is not used, with what changed."""
+    from kdtool.hookspecs import API_CHANGES
+
+    changes = "\n  - ".join(API_CHANGES)
+    return (
+        f"plugin {plugin!r} is written for plugin API {declared}; this kdtool has {PLUGIN_API_VERSION} "
+        f"and does not load it. What changed in {PLUGIN_API_VERSION.split('.')[0]}.0:\n  - {changes}"
+    )
+
+
 def _api_compatible(declared: str) -> bool:
     return declared.split(".")[0] == PLUGIN_API_VERSION.split(".")[0]
 
@@ -133,6 +144,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.conflicts: list[str] = []
+        self._incompatible: dict[str, ModuleType] = {}
         self._warn = warn
         self._registries: Registries | None = None
         from kdtool import builtins
@@ -155,6 +167,7 @@ class PluginManager:
             info.error = f"written for plugin API {declared}, this kdtool has {PLUGIN_API_VERSION}"
             info.hint = "upgrade the plugin (or kdtool) so their plugin API major versions match"
             self.infos[info.name] = info
+            self._incompatible[info.name] = module
             self._warn(f"plugin {info.name!r} is incompatible: {info.error}")
             return
         try:
@@ -286,6 +299,8 @@ class PluginManager:
                         )
                         continue
                     info.registered.setdefault(target.kind, []).append(key)
+        for name in self._incompatible:
+            self._note_incompatible(regs, name)
         for entry in regs.exporters.entries():
             caps = getattr(entry.obj, "capabilities", None)
             if caps is None:
@@ -307,6 +322,18 @@ class PluginManager:
                 regs.targets.mark_clash(name, error)
                 regs.exporters.mark_clash(name, error)
         return regs
+
+    def _note_incompatible(self, regs: Registries, plugin: str) -> None:
+        """An incompatible plugin is never called (its hooks may expect the other API), so its
+        names are unknown: a lookup of an unknown name then fails as a plugin error that says
+        the plugin was not loaded and what changed in the plugin API."""
+        info = self.infos[plugin]
+        error = PluginError(
+            api_mismatch_message(plugin, info.api_version),
+            hint=info.hint + "; see docs/plugins.md (Migrating a plugin from 1.x to 2.0)",
+        )
+        for attr in {*_HOOK_TO_REGISTRY.values(), "schedules"}:
+            getattr(regs, attr).note_not_loaded(error)
 
     # ------------------------------------------------------------ lifecycle
 

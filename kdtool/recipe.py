@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,7 +164,9 @@ class StageConfig(_Strict):
 
     name: str
     model: str
-    role: Literal["teacher", "student", "baseline", "supernet"] = "student"
+    # One of the task's declared roles (``Task.roles``), checked with the task when the recipe loads.
+    role: str = "student"
+    # The stage this one is the control of (required for a role the task declares a baseline).
     baseline_for: str | None = None
     teachers: list[TeacherRef] = Field(default_factory=list)
     losses: list[LossTerm] = Field(default_factory=list)
@@ -200,8 +203,6 @@ class StageConfig(_Strict):
     def _length(self) -> StageConfig:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("a stage needs exactly one of 'epochs' or 'steps'")
-        if self.role == "baseline" and not self.baseline_for:
-            raise ValueError("a baseline stage needs 'baseline_for' (the student stage it is the control of)")
         return self
 
     def loss_weight(self, term: str) -> float:
@@ -319,13 +320,14 @@ class Recipe(_Strict):
             f"recipe {self.name!r} has no stage {name!r}; stages: {[s.name for s in self.stages]}"
         )
 
-    def default_deploy_model(self) -> str:
+    def default_deploy_model(self, roles: Mapping[str, Any] | None = None) -> str:
+        """``deploy_model``, else the last stage of the role with the highest ``deploy_rank``
+        (``roles``: the task's role specs; without them, the last stage)."""
         if self.deploy_model:
             return self.deploy_model
-        for role in ("student", "supernet", "baseline", "teacher"):
-            named = [s.name for s in self.stages if s.role == role]
-            if named:
-                return named[-1]
+        if roles:
+            ranked = [(getattr(roles.get(s.role), "deploy_rank", -1), i) for i, s in enumerate(self.stages)]
+            return self.stages[max(ranked)[1]].name
         return self.stages[-1].name
 
     def hash(self) -> str:

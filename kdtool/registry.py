@@ -39,6 +39,12 @@ class Registry(Generic[T]):
         self._error = error
         self._entries: dict[str, Entry[T]] = {}
         self._clashes: dict[str, PluginError] = {}
+        # plugins that could have provided a name but were not loaded (e.g. another plugin API)
+        self._not_loaded: list[PluginError] = []
+
+    def note_not_loaded(self, error: PluginError) -> None:
+        """A plugin that was not loaded: an unknown name is then a plugin error saying why."""
+        self._not_loaded.append(error)
 
     def register(self, name: str, obj: T, *, owner: str = "kdtool", description: str = "") -> None:
         """Add ``name``; a second registration of it raises the clash error (and is recorded)."""
@@ -79,7 +85,12 @@ class Registry(Generic[T]):
         close = suggest(name, names)
         hint = f"did you mean {close!r}?" if close else None
         listing = ", ".join(names) if names else "(none registered)"
-        return self._error(f"unknown {self.kind} {name!r}; known: {listing}", hint=hint)
+        message = f"unknown {self.kind} {name!r}; known: {listing}"
+        if self._not_loaded and close is None:
+            # the name may come from a plugin that is installed but was not loaded
+            notes = "\n".join(e.message for e in self._not_loaded)
+            return PluginError(f"{message}\n{notes}", hint=self._not_loaded[0].hint)
+        return self._error(message, hint=hint)
 
     def owner(self, name: str) -> str:
         """The plugin that registered ``name`` first (a clash does not hide it)."""

@@ -121,22 +121,23 @@ def verdict(lo: float, hi: float, higher_is_better: bool) -> str:
 def _pairs(models: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """(student-like model, its baseline) pairs from one run's summary models.
 
-    A baseline stage names its student with ``baseline_for``; when that is a supernet, the
-    baseline (trained alone, usually the smallest subnet's architecture) is compared with the
-    supernet's subnets of the same size (or its ``smallest`` subnet when none matches)."""
+    A control names its student with ``baseline_for``; when that model has parts (models
+    named ``<student>-...`` with another role, e.g. a supernet's subnets), the control is
+    compared with the parts of its own size (or the ``smallest`` part when none matches)."""
     pairs = []
     for name, info in models.items():
         target = info.get("baseline_for")
         if not target or target not in models:
             continue
-        if models[target].get("role") == "supernet":
-            subnets = [
-                n
-                for n, m in models.items()
-                if m.get("role") == "subnet"
-                and n.startswith(f"{target}-")
-                and m.get("params") == info.get("params")
-            ]
+        # the target's parts: models named "<target>-..." with another role (a task's sub-models,
+        # e.g. a supernet's subnets); a control is compared with the part of its own size
+        parts = [
+            n
+            for n, m in models.items()
+            if n.startswith(f"{target}-") and m.get("role") != models[target].get("role")
+        ]
+        if parts:
+            subnets = [n for n in parts if models[n].get("params") == info.get("params")]
             if not subnets and f"{target}-smallest" in models:
                 subnets = [f"{target}-smallest"]
             pairs += [(s, name) for s in subnets]

@@ -8,11 +8,12 @@ artifact), and describes models for export with an :class:`~kdtool.export.spec.E
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +35,74 @@ class TaskOptions(BaseModel):
     """Base for a task's recipe options (``task.options``). Unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class NoStageOptions(BaseModel):
+    """The options model of a role that takes no ``stages[].options`` (any key is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+TeacherNeed = Literal["none", "optional", "required"]
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """What a stage of one role is, declared by the task (``Task.roles``).
+
+    The engine, the recipe loader and the report read roles only through these fields; no role
+    name is known to core. ``options`` validates the stage's ``options`` once, when the recipe
+    loads (``kdtool recipes validate`` catches what ``distill`` would); ``loss_slots`` names the
+    loss terms the task's step returns for the role (``losses[].name`` may weight them, or add
+    registered losses); ``teachers`` says whether a stage needs frozen teachers; a ``baseline``
+    is a control of another stage (it needs ``baseline_for``); ``deploy_rank`` orders the roles
+    when the recipe names no ``deploy_model`` (highest wins, the last such stage; 0: only when
+    nothing else trains).
+    """
+
+    description: str = ""
+    options: type[BaseModel] = NoStageOptions
+    loss_slots: tuple[str, ...] = ()
+    teachers: TeacherNeed = "optional"
+    baseline: bool = False
+    deploy_rank: int = 0
+
+    def describe_options(self) -> list[tuple[str, str, str, str]]:
+        """(name, type, default, description) of each option, for ``kdtool recipes roles``."""
+        rows = []
+        for name, field in self.options.model_fields.items():
+            ann = field.annotation
+            type_name = getattr(ann, "__name__", None) if isinstance(ann, type) else None
+            # "kdtool_asr.training.Ramp | None" -> "Ramp | None"
+            type_text = type_name or re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", str(ann))
+            if field.is_required():
+                default = "(required)"
+            elif field.default_factory is not None:
+                default = repr(field.default_factory())  # type: ignore[call-arg]
+            else:
+                default = repr(field.default)
+            rows.append((name, type_text, default, field.description or ""))
+        return rows
+
+
+def default_roles(stage_options: type[BaseModel] | None = None) -> dict[str, RoleSpec]:
+    """The roles of a task that declares none: teacher, student and baseline, all taking
+    ``stage_options`` (the task's ``StageOptions``) or no options."""
+    opts = stage_options or NoStageOptions
+    return {
+        "teacher": RoleSpec("trains on the labels alone (a model to learn from)", opts, deploy_rank=0),
+        "student": RoleSpec("learns from its teachers and the labels", opts, deploy_rank=30),
+        "baseline": RoleSpec(
+            "the student's architecture trained without teachers (a control)",
+            opts,
+            baseline=True,
+            deploy_rank=10,
+        ),
+    }
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+DataT = TypeVar("DataT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -92,8 +161,11 @@ class Predictor:
         )
 
 
-class Task(ABC):
+class Task(ABC, Generic[OptionsT, DataT]):
     """A domain. Subclass, set the class attributes, implement the abstract methods.
+
+    ``Task[MyOptions, MyData]`` types ``self.options`` and ``self.data``; ``roles`` declares
+    the stage roles the task trains (:class:`RoleSpec`: options model, loss slots, teachers).
 
     Items of the datasets are dicts with an ``"index"`` entry (the sample's position in its
     split), so the engine can cache teacher outputs per sample and resume mid-epoch.
@@ -109,7 +181,10 @@ class Task(ABC):
     description: ClassVar[str] = ""
     # What `kdtool predict` accepts for this task, in a phrase (shown by `kdtool predict --help`).
     predict_inputs: ClassVar[str] = ""
-    # Validates ``stages[].options`` when the recipe loads (None: not checked here).
+    # The stage roles this task trains: role name -> RoleSpec (None: teacher, student and
+    # baseline, each taking ``StageOptions``).
+    roles: ClassVar[Mapping[str, RoleSpec] | None] = None
+    # Shorthand of plugin API 1.x: one options model for every role (used when ``roles`` is None).
     StageOptions: ClassVar[type[BaseModel] | None] = None
     # Distillation points the task's training step exposes (kdtool.distill): any registered
     # KD loss that accepts a point's kind can be paired on it by a recipe.
@@ -118,12 +193,32 @@ class Task(ABC):
     # "teacher": "logits"} (None: such an entry is an error).
     default_between: ClassVar[dict[str, str] | None] = None
 
-    def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
-        self.options = options
-        self.data = data
+    def __init__(self, options: OptionsT, data: DataT, *, seed: int, cache_dir: Path) -> None:
+        self.options: OptionsT = options
+        self.data: DataT = data
         self.seed = seed
         self.cache_dir = cache_dir
         self.run_dir: Path | None = None
+
+    @classmethod
+    def role_specs(cls) -> dict[str, RoleSpec]:
+        """The declared roles (:attr:`roles`), or the default three."""
+        return dict(cls.roles) if cls.roles is not None else default_roles(cls.StageOptions)
+
+    @classmethod
+    def role_spec(cls, role: str) -> RoleSpec:
+        """The spec of ``role``; an unknown role is a recipe error naming the allowed ones."""
+        from kdtool.errors import RecipeError
+        from kdtool.registry import suggest
+
+        specs = cls.role_specs()
+        if role in specs:
+            return specs[role]
+        close = suggest(role, list(specs))
+        raise RecipeError(
+            f"task {cls.name!r} has no stage role {role!r}; allowed roles: {', '.join(specs)}"
+            + (f" (did you mean {close!r}?)" if close else "")
+        )
 
     # ---------------------------------------------------------------- set-up
 
@@ -138,10 +233,41 @@ class Task(ABC):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return default_collate(items)
 
-    def stage_options_model(self, stage: StageConfig) -> type[BaseModel] | None:
-        """The pydantic model of a stage's ``options`` (default :attr:`StageOptions`), so
-        ``recipes validate`` and ``--dry-run`` catch a misspelt key with file:line."""
-        return self.StageOptions
+    def stage_options_model(self, stage: StageConfig) -> type[BaseModel]:
+        """The pydantic model of a stage's ``options``: its role's ``RoleSpec.options``."""
+        return self.role_spec(stage.role).options
+
+    def stage_options(self, stage: StageConfig) -> Any:
+        """The stage's validated options (an instance of its role's options model).
+
+        Validated once, when the recipe loads (:func:`kdtool.engine.options.check_stage_options`
+        stores them here); a stage that did not go through the loader (a test calling the
+        step directly) is validated on first use, never per batch."""
+        key = (stage.name, stage.role, repr(sorted(stage.options.items())))
+        parsed = self.__dict__.get("_parsed_stage_options", {}).get(key)
+        if parsed is None:
+            from pydantic import ValidationError
+
+            from kdtool.errors import RecipeError
+
+            model = self.stage_options_model(stage)
+            try:
+                parsed = model.model_validate(stage.options)
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in err.errors()
+                )
+                raise RecipeError(
+                    f"stage {stage.name!r} (role {stage.role!r}): invalid options: {problems}",
+                    hint=f"allowed options: {', '.join(model.model_fields) or '(none)'}",
+                ) from None
+            self.set_stage_options(stage, parsed)
+        return parsed
+
+    def set_stage_options(self, stage: StageConfig, parsed: BaseModel) -> None:
+        """Store a stage's options validated by the recipe loader."""
+        store = self.__dict__.setdefault("_parsed_stage_options", {})
+        store[(stage.name, stage.role, repr(sorted(stage.options.items())))] = parsed
 
     def model_options(self, model_name: str, arch: str, options: dict[str, Any]) -> dict[str, Any]:
         """Complete a model's recipe options with what the data decides (classes, points)."""

@@ -1,4 +1,4 @@
-"""``kdtool recipes list`` and ``kdtool recipes validate FILE``."""
+"""``kdtool recipes list``, ``kdtool recipes validate FILE`` and ``kdtool recipes roles [TASK]``."""
 
 from __future__ import annotations
 
@@ -58,9 +58,58 @@ def validate(
     loaded = load_recipe(recipe, set_ or [])
     registries = get_registries()
     check_recipe_names(loaded.recipe, registries)
-    check_component_options(loaded, registries, build_task(loaded, registries))
+    task = build_task(loaded, registries)
+    check_component_options(loaded, registries, task)
     r = loaded.recipe
     console.print(
         f"[green]ok[/green]: {recipe} (task {r.task.name}, stages: {', '.join(s.name for s in r.stages)}, "
-        f"deploy model: {r.default_deploy_model()})"
+        f"deploy model: {r.default_deploy_model(task.role_specs())})"
     )
+
+
+@app.command("roles")
+def roles(
+    task: Annotated[str | None, typer.Argument(help="A task name (default: every registered task).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """The stage roles each task declares, with their loss slots and options (name, type, default)."""
+    import json
+
+    registries = get_registries()
+    names = [task] if task is not None else registries.tasks.names()
+    out: dict[str, dict[str, object]] = {}
+    for name in names:
+        task_cls = registries.tasks.get(name)
+        out[name] = {
+            role: {
+                "description": spec.description,
+                "teachers": spec.teachers,
+                "baseline": spec.baseline,
+                "deploy_rank": spec.deploy_rank,
+                "loss_slots": list(spec.loss_slots),
+                "options": [
+                    {"name": o, "type": t, "default": d, "description": desc}
+                    for o, t, d, desc in spec.describe_options()
+                ],
+            }
+            for role, spec in task_cls.role_specs().items()
+        }
+    if as_json:
+        typer.echo(json.dumps(out, indent=2))
+        return
+    for name, specs in out.items():
+        typer.echo(f"task {name}")
+        for role, info in specs.items():
+            flags = [f"teachers: {info['teachers']}"]
+            if info["baseline"]:
+                flags.append("baseline (needs baseline_for)")
+            slots = ", ".join(info["loss_slots"]) or "(none)"  # type: ignore[arg-type]
+            typer.echo(f"  role {role}: {info['description']}")
+            typer.echo(f"    {'; '.join(flags)}; loss slots: {slots}")
+            options = info["options"]
+            if not options:
+                typer.echo("    options: (none)")
+            for o in options:  # type: ignore[attr-defined]
+                line = f"    {o['name']}: {o['type']} = {o['default']}"
+                typer.echo(line + (f"  # {o['description']}" if o["description"] else ""))
+        typer.echo("")

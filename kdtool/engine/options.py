@@ -170,14 +170,50 @@ def check_component_options(loaded: LoadedRecipe, registries: Any, task: Any) ->
 
 
 def check_stage_options(loaded: LoadedRecipe, task: Any) -> None:
-    """Validate each stage's ``options`` with the task's model for that stage (if it has one)."""
-    model_for = getattr(task, "stage_options_model", None)
-    if model_for is None:
+    """Check each stage against its role's :class:`~kdtool.task.RoleSpec` and validate its
+    ``options`` with the role's model, once, storing the result on the task
+    (``task.stage_options(stage)`` then never re-validates). Every problem names file:line."""
+    recipe = loaded.recipe
+    specs = task.role_specs() if hasattr(task, "role_specs") else None
+    if specs is None:
         return
-    for i, stage in enumerate(loaded.recipe.stages):
-        model = model_for(stage)
-        if model is not None:
-            # the int list index is needed to locate the YAML line; validate_section's
-            # ``tuple[str, ...]`` is narrower than the ``tuple[Any, ...]`` prefix it forwards to
-            section = cast("tuple[str, ...]", ("stages", i, "options"))
-            validate_section(loaded, model, section, stage.options)
+    problems = OptionProblems(loaded)
+    for i, stage in enumerate(recipe.stages):
+        label = f"stages[{i}]({stage.name})"
+        spec = specs.get(stage.role)
+        if spec is None:
+            close = suggest(stage.role, list(specs))
+            problems.lines.append(
+                f"{problems.where(('stages', i, 'role'))}: {label}.role: task {task.name!r} has no role "
+                f"{stage.role!r}"
+                + (f" (did you mean {close!r}?)" if close else "")
+                + f"; allowed roles: {', '.join(specs)}"
+            )
+            continue
+        if spec.baseline and not stage.baseline_for:
+            problems.lines.append(
+                f"{problems.where(('stages', i, 'role'))}: {label}: a {stage.role!r} stage is a control and "
+                "needs 'baseline_for' (the stage it is the control of)"
+            )
+        if spec.teachers == "required" and not stage.teachers:
+            problems.lines.append(
+                f"{problems.where(('stages', i, 'role'))}: {label}: a {stage.role!r} stage of task "
+                f"{task.name!r} needs 'teachers'"
+            )
+        if spec.teachers == "none" and stage.teachers:
+            problems.lines.append(
+                f"{problems.where(('stages', i, 'teachers'))}: {label}.teachers: a {stage.role!r} stage of "
+                f"task {task.name!r} takes no teachers"
+            )
+    if problems.lines:
+        raise RecipeError("invalid recipe\n  " + "\n  ".join(problems.lines))
+    for i, stage in enumerate(recipe.stages):
+        model = task.stage_options_model(stage)
+        if model is None:
+            continue
+        # the int list index is needed to locate the YAML line; validate_section's
+        # ``tuple[str, ...]`` is narrower than the ``tuple[Any, ...]`` prefix it forwards to
+        section = cast("tuple[str, ...]", ("stages", i, "options"))
+        parsed = validate_section(loaded, model, section, stage.options)
+        if hasattr(task, "set_stage_options"):
+            task.set_stage_options(stage, parsed)

@@ -413,7 +413,7 @@ class Engine:
                 if info.status == "ok"
             },
             "primary_metric": {"name": metric.name, "higher_is_better": metric.higher_is_better},
-            "deploy_model": self.recipe.default_deploy_model(),
+            "deploy_model": self.recipe.default_deploy_model(self.task.role_specs()),
             "models": {},
         }
 

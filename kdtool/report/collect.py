@@ -142,10 +142,10 @@ def model_rows(summary: dict[str, Any], run_dir: Path) -> list[ModelRow]:
     by_name = {r.name: r for r in rows}
     models = summary.get("models", {})
     # A model may name the model it is to be compared with (``compare_with``: e.g. a supernet's
-    # subnet and its twin trained alone, like with like); otherwise a baseline's student.
+    # subnet and its twin trained alone, like with like); otherwise a control's ``baseline_for``.
     chosen = {n: e["compare_with"] for n, e in models.items() if e.get("compare_with") in by_name}
     for row in rows:
-        if row.role == "baseline" and row.baseline_for in by_name and row.baseline_for not in chosen:
+        if row.baseline_for and row.baseline_for in by_name and row.baseline_for not in chosen:
             student = by_name[row.baseline_for]
             student.gain = distillation_gain(student.primary, row.primary, higher)
             student.gain_baseline = row.name

@@ -297,7 +297,9 @@ def _highlights(run: RunData) -> str:
             cards.append(
                 ("distillation gain", fmt_gain(deploy.gain), f"{esc(metric)} vs {esc(deploy.gain_baseline)}")
             )
-    teachers = [m for m in run.models if m.role == "teacher"]
+    # the run's models that another model learnt from (a teacher is what the recipe uses as one)
+    taught_by = {t for m in run.models for t in m.teachers}
+    teachers = [m for m in run.models if m.name in taught_by]
     if deploy is not None and teachers:
         t = max(teachers, key=lambda m: m.params or 0)
         if t.params and deploy.params:
@@ -335,21 +337,25 @@ def _highlights(run: RunData) -> str:
     )
 
 
-def _stages(run: RunData) -> list[tuple[str, str]]:
-    """(stage, role) in recipe order; stages that only appear in metrics.jsonl follow."""
-    out: list[tuple[str, str]] = []
+def _stages(run: RunData) -> list[tuple[str, str, str]]:
+    """(stage, role, line style) in recipe order; stages that only appear in metrics.jsonl
+    follow. A control (a stage with ``baseline_for``) is dashed."""
+    out: list[tuple[str, str, str]] = []
     try:
         recipe = yaml.safe_load(run.recipe_text) or {}
         for s in recipe.get("stages", []):
-            out.append((str(s.get("name")), str(s.get("role", "?"))))
+            style = "--" if s.get("baseline_for") else "-"
+            out.append((str(s.get("name")), str(s.get("role", "?")), style))
     except yaml.YAMLError:
         pass
-    known = {s for s, _ in out}
+    known = {s[0] for s in out}
     for rec in run.records:
         stage = rec.get("stage")
         if isinstance(stage, str) and stage not in known:
             known.add(stage)
-            out.append((stage, str(run.summary.get("models", {}).get(stage, {}).get("role", "?"))))
+            entry = run.summary.get("models", {}).get(stage, {})
+            style = "--" if entry.get("baseline_for") else "-"
+            out.append((stage, str(entry.get("role", "?")), style))
     return out
 
 
@@ -358,7 +364,7 @@ def _curves(run: RunData) -> str:
     stages = _stages(run)
     overview = plots.metric_overview(run.records, stages, run.metric, run.higher_is_better)
     parts.append(png_figure(overview, f"validation {run.metric} of every stage"))
-    for stage, role in stages:
+    for stage, role, _style in stages:
         png = plots.stage_curves(
             run.records, stage, run.metric, run.higher_is_better, f"stage {stage} ({role})"
         )

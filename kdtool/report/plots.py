@@ -19,7 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 _DPI = 100
-_ROLE_STYLE = {"teacher": "-", "student": "-", "baseline": "--", "subnet": ":", "supernet": "-"}
+
+
+def _style(stage: Sequence[str]) -> str:
+    """A stage entry is (name, role) or (name, role, line style): the report passes ``--``
+    for a control (a stage with ``baseline_for``); no role name is known here."""
+    return stage[2] if len(stage) > 2 else "-"
 
 
 def _finite(value: Any) -> bool:
@@ -154,12 +159,13 @@ def stage_curves(
 
 
 def metric_overview(
-    records: Sequence[dict[str, Any]], stages: Sequence[tuple[str, str]], metric: str, higher_is_better: bool
+    records: Sequence[dict[str, Any]], stages: Sequence[tuple[str, ...]], metric: str, higher_is_better: bool
 ) -> bytes | None:
     """The validation metric of every stage on one axis (stage, role) -> one line each."""
     fig, ax = plt.subplots(figsize=(8, 3.6))
     drawn = 0
-    for stage, role in stages:
+    for entry in stages:
+        stage, role = entry[0], entry[1]
         steps, values = series(records, stage, "val", metric)
         if not steps:
             continue
@@ -167,7 +173,7 @@ def metric_overview(
             steps,
             values,
             label=f"{stage} ({role})",
-            linestyle=_ROLE_STYLE.get(role, "-"),
+            linestyle=_style(entry),
             marker="o",
             markersize=3,
         )
@@ -186,7 +192,7 @@ def metric_overview(
 
 
 def comparison_curves(
-    runs: Sequence[tuple[str, Sequence[dict[str, Any]], Sequence[tuple[str, str]]]],
+    runs: Sequence[tuple[str, Sequence[dict[str, Any]], Sequence[tuple[str, ...]]]],
     metric: str,
     higher_is_better: bool,
 ) -> bytes | None:
@@ -197,7 +203,8 @@ def comparison_curves(
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = 0
     for i, (label, records, stages) in enumerate(runs):
-        for stage, role in stages:
+        for entry in stages:
+            stage = entry[0]
             steps, values = series(records, stage, "val", metric)
             if not steps:
                 continue
@@ -205,7 +212,7 @@ def comparison_curves(
                 steps,
                 values,
                 color=colors[i % len(colors)],
-                linestyle=_ROLE_STYLE.get(role, "-"),
+                linestyle=_style(entry),
                 marker="o",
                 markersize=2.5,
                 label=f"{label}: {stage}",
@@ -224,7 +231,7 @@ def comparison_curves(
     return _png(fig)
 
 
-# --------------------------------------------------------------------------- supernet roles
+# --------------------------------------------------------------------------- subnet figures (used by tasks)
 
 
 def subnet_twin_pareto(points: Sequence[dict[str, Any]], *, title: str) -> bytes | None:

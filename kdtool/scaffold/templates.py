@@ -238,13 +238,14 @@ from kdtool import (
     GraphSpec,
     Predictor,
     PrimaryMetric,
+    RoleSpec,
     Task,
     TaskOptions,
     TensorSpec,
     hookimpl,
 )
 from kdtool.distill import PointSpec
-from kdtool.errors import DataError, RecipeError
+from kdtool.errors import DataError
 from kdtool.hookspecs import Register
 
 KDTOOL_PLUGIN_API = "${api}"
@@ -297,10 +298,38 @@ class ${cls}MLP(nn.Module):
         return self.net(features)
 
 
-class ${cls}Task(Task):
+class ${cls}StageOptions(TaskOptions):
+    """``stages[].options`` (validated once, when the recipe loads; unknown keys are errors)."""
+
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+
+
+# The stage roles this task trains (``kdtool recipes roles ${name}`` lists them).
+ROLES = {
+    "teacher": RoleSpec("cross-entropy on the labels", ${cls}StageOptions, loss_slots=("ce",)),
+    "student": RoleSpec(
+        "cross-entropy + each registered loss in `losses` on the teachers' mean logits",
+        ${cls}StageOptions,
+        loss_slots=("ce",),
+        teachers="required",
+        deploy_rank=30,
+    ),
+    "baseline": RoleSpec(
+        "the student's architecture on the labels alone (a control)",
+        ${cls}StageOptions,
+        loss_slots=("ce",),
+        teachers="none",
+        baseline=True,
+        deploy_rank=10,
+    ),
+}
+
+
+class ${cls}Task(Task[TaskOptions, ${cls}Data]):
     name = "${name}"
     description = "${name}: distil a classifier of feature vectors (template task)"
     DataOptions = ${cls}Data
+    roles = ROLES
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
     # What the models expose for distillation, and the pairing a KD loss entry without
     # `between` uses (any registered loss that accepts "logits" works here).
@@ -326,11 +355,11 @@ class ${cls}Task(Task):
     def training_step(
         self, stage: Any, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
     ) -> dict[str, torch.Tensor]:
+        options = self.stage_options(stage)  # the validated ${cls}StageOptions
         logits = models[stage.model](batch["features"])
-        terms = {"ce": F.cross_entropy(logits.float(), batch["label"])}
-        if stage.role == "student":
-            if not stage.teachers:
-                raise RecipeError(f"stage {stage.name!r} is a student but has no teachers")
+        ce = F.cross_entropy(logits.float(), batch["label"], label_smoothing=options.label_smoothing)
+        terms = {"ce": ce}
+        if stage.role == "student":  # a student has teachers: checked when the recipe loads
             # Expose the distillation points; the engine evaluates every KD loss of the recipe
             # on them (the task never names a loss).
             ctx.expose("logits", logits)

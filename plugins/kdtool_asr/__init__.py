@@ -19,7 +19,7 @@ from typing import Any
 from kdtool import hookimpl
 from kdtool.hookspecs import Register
 
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 
 @hookimpl

@@ -84,7 +84,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
@@ -101,7 +101,7 @@ from kdtool.export.spec import (
 )
 from kdtool.recipe import LossTerm, StageConfig
 from kdtool.run import Run
-from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from .audio import (
     describe,
@@ -203,6 +203,28 @@ class StageOptions(BaseModel):
         return self
 
 
+_ALONE = "the model alone on the RNN-T loss (options.twin: the twin of a named subnet)"
+ROLES = {
+    "supernet": RoleSpec(
+        "the sandwich rule: the largest subnet on RNN-T, random and smallest subnets on in-place KD "
+        "from it (+ RNN-T)",
+        StageOptions,
+        loss_slots=("rnnt", "kd", "subnet_rnnt"),
+        teachers="none",
+        deploy_rank=20,
+    ),
+    "teacher": RoleSpec(_ALONE, StageOptions, loss_slots=("rnnt",)),
+    "student": RoleSpec(_ALONE, StageOptions, loss_slots=("rnnt",), deploy_rank=30),
+    "baseline": RoleSpec(
+        _ALONE + "; a control of the supernet stage",
+        StageOptions,
+        loss_slots=("rnnt",),
+        baseline=True,
+        deploy_rank=10,
+    ),
+}
+
+
 def _unwrap(model: nn.Module) -> SupernetRNNT:
     inner = getattr(model, "module", model)
     if not isinstance(inner, SupernetRNNT):
@@ -293,7 +315,7 @@ class JoinerGraph(nn.Module):
 # --------------------------------------------------------------------------- task
 
 
-class AsrSupernetTask(Task):
+class AsrSupernetTask(Task[AsrOptions, AsrData]):
     name = "asr_supernet"
     predict_inputs = (
         "audio files (WAV, FLAC, OGG: what soundfile reads), mixed to mono and resampled; prints the text"
@@ -301,7 +323,7 @@ class AsrSupernetTask(Task):
     description = "ASR: TODM supernet RNN-T (S4D encoder), sandwich rule + in-place alpha-divergence KD"
     Options = AsrOptions
     DataOptions = AsrData
-    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
+    roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("wer", higher_is_better=False)
     # In-place KD over the transducer lattice: each sampled subnet (student side) against the
     # largest subnet's detached joiner outputs (teacher side), per stage option kd_distribution
@@ -436,14 +458,8 @@ class AsrSupernetTask(Task):
     # ------------------------------------------------------------ training
 
     def stage_options(self, stage: StageConfig) -> StageOptions:
-        try:
-            return StageOptions.model_validate(stage.options)
-        except ValidationError as exc:
-            # a union (number or ramp) fails once per member: say all of them
-            problems = "; ".join(
-                f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:4]
-            )
-            raise RecipeError(f"stage {stage.name!r} {problems}") from None
+        opts: StageOptions = super().stage_options(stage)  # validated once, at recipe load
+        return opts
 
     def params_of(self, model: SupernetRNNT, subnet: Subnet) -> int:
         key = (id(model), subnet)

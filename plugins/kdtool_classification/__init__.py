@@ -5,7 +5,7 @@ from __future__ import annotations
 from kdtool import hookimpl
 from kdtool.hookspecs import Register
 
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 
 @hookimpl

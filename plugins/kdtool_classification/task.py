@@ -27,10 +27,18 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdtool.distill import PointSpec
-from kdtool.errors import DataError, RecipeError
-from kdtool.export.spec import DeployMetadata, DynamicAxis, ExportSpec, GraphSpec, TensorSpec
+from kdtool.errors import DataError
+from kdtool.export.spec import (
+    ClassPostprocessing,
+    DeployMetadata,
+    DynamicAxis,
+    ExportSpec,
+    GraphSpec,
+    ImagePreprocessing,
+    TensorSpec,
+)
 from kdtool.recipe import StageConfig
-from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from .data import (
     IMAGE_SUFFIXES,
@@ -74,7 +82,28 @@ class ClassificationData(TaskOptions):
 class StageOptions(TaskOptions):
     """Per-stage options (``stages[].options``) of image_classification."""
 
-    labeled_fraction: float = Field(default=1.0, gt=0, le=1)
+    labeled_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="fraction of training samples whose labels the stage sees"
+    )
+
+
+ROLES = {
+    "teacher": RoleSpec("trains on the labels (a model to learn from)", StageOptions, loss_slots=("ce",)),
+    "student": RoleSpec(
+        "learns from its teachers' logits (each registered loss in `losses`) and the labels",
+        StageOptions,
+        loss_slots=("ce",),
+        teachers="required",
+        deploy_rank=30,
+    ),
+    "baseline": RoleSpec(
+        "the student's architecture on the labels alone (a control)",
+        StageOptions,
+        loss_slots=("ce",),
+        baseline=True,
+        deploy_rank=10,
+    ),
+}
 
 
 class Normalized(nn.Module):
@@ -90,12 +119,12 @@ class Normalized(nn.Module):
         return self.net((image - self.mean) / self.std)
 
 
-class ClassificationTask(Task):
+class ClassificationTask(Task[TaskOptions, ClassificationData]):
     name = "image_classification"
     predict_inputs = "image files (PNG, JPEG, ...: what Pillow opens), resized to the model's input; prints the top-3 labels"
     description = "image classification: soft-target KD from a teacher into a smaller classifier"
     DataOptions = ClassificationData
-    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
+    roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("accuracy", higher_is_better=True)
     # The student's class scores (a dual-head student: its distillation head) and the mean of
     # the teachers' logits; any KD loss that accepts "logits" pairs them.
@@ -190,8 +219,6 @@ class ClassificationTask(Task):
             ce = F.cross_entropy(label_logits, labels, ignore_index=UNLABELED)
         terms = {"ce": ce}
         if stage.role == "student":
-            if not stage.teachers:
-                raise RecipeError(f"stage {stage.name!r} is a student but has no teachers")
             teacher_logits = ctx.teacher_outputs(batch)["logits"]
             ctx.expose("logits", kd_logits)
             ctx.expose("logits", teacher_logits, side="teacher")
@@ -201,7 +228,7 @@ class ClassificationTask(Task):
         """A stage without teachers can learn only from labels: with ``labeled_fraction`` < 1 it
         draws its batches from the labelled subset, so a supervised baseline gets full batches
         of labelled images for the same number of steps (not 90% ignored samples)."""
-        fraction = StageOptions.model_validate(stage.options).labeled_fraction
+        fraction = self.stage_options(stage).labeled_fraction
         if fraction >= 1.0 or stage.teachers:
             return None
         return torch.nonzero(self._labeled_mask(fraction)).flatten().tolist()
@@ -222,7 +249,7 @@ class ClassificationTask(Task):
         ``stages[].options.labeled_fraction`` (default 1.0) keeps labels for a fixed, seeded
         subset of the training samples: the classic semi-supervised regime where a teacher
         (trained elsewhere, on more labels) teaches from every image."""
-        options = StageOptions.model_validate(stage.options)
+        options = self.stage_options(stage)
         labels = batch["label"]
         if options.labeled_fraction >= 1.0:
             return labels
@@ -351,16 +378,15 @@ class ClassificationTask(Task):
             metadata=DeployMetadata(
                 task=self.name,
                 labels=list(self.labels),
-                preprocessing={
-                    "kind": "image",
-                    "size": [size, size],
-                    "channels": "L" if d.channels == 1 else "RGB",
-                    "scale": 1 / 255,
-                    "normalization": "inside the graph: (x - mean) / std",
-                    "mean": d.mean,
-                    "std": d.std,
-                },
-                postprocessing={"kind": "softmax_argmax"},
+                preprocessing=ImagePreprocessing(
+                    size=[size, size],
+                    channels="L" if d.channels == 1 else "RGB",
+                    scale=1 / 255,
+                    normalization="inside",  # the graph computes (x - mean) / std
+                    mean=d.mean,
+                    std=d.std,
+                ),
+                postprocessing=ClassPostprocessing(kind="softmax_argmax"),
             ),
         )
 

@@ -31,7 +31,7 @@ from kdtool import hookimpl
 from kdtool.export.targets import TargetProfile
 from kdtool.hookspecs import Register
 
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 TARGETS = [
     TargetProfile(

@@ -57,7 +57,16 @@ from kdtool.export.exporter import (
     ParityPlan,
     run_in_fixed_batches,
 )
-from kdtool.export.spec import ExportSpec, GraphSpec, TensorSpec, as_tuple, take
+from kdtool.export.spec import (
+    PREPROCESSING_KINDS,
+    ExportSpec,
+    GraphSpec,
+    ImagePreprocessing,
+    TensorSpec,
+    as_tuple,
+    parse_processing,
+    take,
+)
 from kdtool.export.verify import max_relative_error, tolerance_for
 
 from .inspect import PackageInfo, check_interface, check_weights, expected_sizes, read_package
@@ -156,16 +165,15 @@ def _per_channel(value: Any, channels: int, what: str) -> list[float]:
 def image_prep(spec: ExportSpec, graph: GraphSpec) -> ImagePrep:
     """The first input of an image task as a Core ML image, from the spec's metadata.
 
-    Pixels are scaled by ``preprocessing.scale``; when the metadata says the mean/std
-    normalisation happens outside the graph (anything but ``normalization: inside ...``)
-    it becomes the image's per-channel bias, and a per-channel std becomes one multiply in
+    Pixels are scaled by the typed ``ImagePreprocessing.scale``; when the mean/std
+    normalisation happens outside the graph (``normalization: outside``) it becomes the image's per-channel bias, and a per-channel std becomes one multiply in
     the graph unless all channels share it (then it folds into the scale)."""
-    pre = spec.metadata.preprocessing
+    pre = parse_processing(spec.metadata.preprocessing, PREPROCESSING_KINDS)
     tensor = graph.inputs[0]
-    if pre.get("kind") != "image":
+    if not isinstance(pre, ImagePreprocessing):
         raise ExportError(
             f"image_input=true needs an image task (preprocessing kind 'image'); task {spec.task!r} has "
-            f"preprocessing kind {pre.get('kind')!r}",
+            f"preprocessing kind {pre.kind!r}",
             hint="drop --opt image_input=true: the package takes the tensor the metadata describes",
         )
     if len(tensor.shape) != 4 or tensor.shape[1] not in (1, 3):
@@ -174,25 +182,19 @@ def image_prep(spec: ExportSpec, graph: GraphSpec) -> ImagePrep:
             "a Core ML image input needs (batch, 1 or 3, height, width)"
         )
     channels = int(tensor.shape[1])
-    scale = float(pre.get("scale", 1 / 255))
-    inside = str(pre.get("normalization", "")).lower().startswith("inside")
-    mean, std = pre.get("mean"), pre.get("std")
+    scale = float(pre.scale)
     bias = [0.0] * channels
     channel_scale: list[float] | None = None
-    if not inside and mean is not None and std is not None:
-        means = _per_channel(mean, channels, "mean")
-        stds = _per_channel(std, channels, "std")
+    if pre.normalization == "outside" and pre.mean is not None and pre.std is not None:
+        means = _per_channel(pre.mean, channels, "mean")
+        stds = _per_channel(pre.std, channels, "std")
         if any(s <= 0 for s in stds):
             raise ExportError(f"image_input: preprocessing std {stds} must be positive")
         if max(stds) - min(stds) <= 1e-9 * max(stds):
             scale, bias = scale / stds[0], [-m / stds[0] for m in means]
         else:
             bias, channel_scale = [-m for m in means], [1.0 / s for s in stds]
-    color = (
-        "GRAYSCALE"
-        if channels == 1
-        else ("BGR" if str(pre.get("channels", "RGB")).upper() == "BGR" else "RGB")
-    )
+    color = "GRAYSCALE" if channels == 1 else ("BGR" if pre.channels == "BGR" else "RGB")
     return ImagePrep(tensor.name, channels, color, scale, bias, channel_scale)
 
 
@@ -574,8 +576,8 @@ def set_metadata(
         "kdtool.graph": graph.name,
         "kdtool.compute_units": options.compute_units,
         "kdtool.quantize": options.effective_quantize,
-        "kdtool.preprocessing": json.dumps(meta.preprocessing),
-        "kdtool.postprocessing": json.dumps(meta.postprocessing),
+        "kdtool.preprocessing": json.dumps(meta.pre.to_dict()),
+        "kdtool.postprocessing": json.dumps(meta.post.to_dict()),
         "kdtool.dynamic_axes": json.dumps({k: [v.min, v.opt, v.max] for k, v in graph.dynamic_axes.items()}),
         "kdtool.metadata": json.dumps(meta.to_dict()),
     }

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from kdtool.distill import PointSpec
@@ -38,7 +38,7 @@ from kdtool.export.spec import (
     TensorSpec,
 )
 from kdtool.recipe import LossTerm
-from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from .datasets import (
     FRAME_STRIDE,
@@ -116,6 +116,24 @@ class HTRStageOptions(_Strict):
     width_buckets: int = Field(default=2, ge=1, le=16)
 
 
+ROLES = {
+    "teacher": RoleSpec("CTC on the labels", HTRStageOptions, loss_slots=("ctc",)),
+    "student": RoleSpec(
+        "CTC + KD on the teachers' per-frame posteriors (term `kd`; without teachers: CTC only)",
+        HTRStageOptions,
+        loss_slots=("ctc", "kd"),
+        deploy_rank=30,
+    ),
+    "baseline": RoleSpec(
+        "CTC only, the student's architecture (a control)",
+        HTRStageOptions,
+        loss_slots=("ctc",),
+        baseline=True,
+        deploy_rank=10,
+    ),
+}
+
+
 def ctc_loss_sum(
     log_probs: torch.Tensor, labels: torch.Tensor, label_lengths: torch.Tensor, frames: torch.Tensor
 ) -> torch.Tensor:
@@ -140,7 +158,7 @@ def width_chunks(rows: torch.Tensor, buckets: int) -> list[torch.Tensor]:
     return [c for c in torch.tensor_split(rows, buckets) if c.numel() > 0]
 
 
-class HTRTask(Task):
+class HTRTask(Task[HTROptions, HTRDataOptions]):
     """Handwritten text recognition (HTR-JAND): CTC teacher, CTC + posterior-KD student."""
 
     name = "htr"
@@ -149,7 +167,7 @@ class HTRTask(Task):
     )
     Options = HTROptions
     DataOptions = HTRDataOptions
-    StageOptions = HTRStageOptions  # stages[].options, checked when the recipe loads
+    roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("cer", higher_is_better=False)
     description = (
         "teacher: CTC; student: CTC + KD on the teacher's per-frame posteriors (curriculum optional); "
@@ -170,7 +188,6 @@ class HTRTask(Task):
         super().__init__(options, data, seed=seed, cache_dir=cache_dir)
         self._records: dict[str, list[LineRecord]] = {}
         self._datasets: dict[str, LineDataset] = {}
-        self._stage_options: dict[str, HTRStageOptions] = {}
         self.last_examples: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- data
@@ -211,16 +228,8 @@ class HTRTask(Task):
     # ---------------------------------------------------------------- training
 
     def stage_options(self, stage: StageConfig) -> HTRStageOptions:
-        if stage.name not in self._stage_options:
-            try:
-                self._stage_options[stage.name] = HTRStageOptions.model_validate(stage.options)
-            except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                raise RecipeError(
-                    f"stage {stage.name!r}: invalid options: {problems}",
-                    hint=f"allowed keys: {', '.join(HTRStageOptions.model_fields)}",
-                ) from None
-        return self._stage_options[stage.name]
+        opts: HTRStageOptions = super().stage_options(stage)  # validated once, at recipe load
+        return opts
 
     def default_distill(self, stage: StageConfig) -> list[LossTerm]:
         """A student with teachers distils with ``ctc_kd`` when its recipe lists no KD loss."""

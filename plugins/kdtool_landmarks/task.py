@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -50,12 +50,13 @@ from kdtool.export.spec import (
     DynamicAxis,
     ExportSpec,
     GraphSpec,
+    ImagePreprocessing,
     QuantizationHints,
     TensorSpec,
 )
 from kdtool.recipe import LossTerm, StageConfig
 from kdtool.run import Run
-from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 from kdtool_landmarks import metrics as M
 from kdtool_landmarks.asm import ShapeModel, soft_landmarks
 from kdtool_landmarks.datasets import (
@@ -179,6 +180,31 @@ class StageOptions(_Strict):
         return v
 
 
+_PLAIN = ("l2", "l1", "smooth_l1", "wing")
+ROLES = {
+    "teacher": RoleSpec(
+        "L2 (or options.loss) on the ground truth (target: hard, the Tough-Teacher) or on the ASM "
+        "soft landmarks (target: soft, the Tolerant-Teacher)",
+        StageOptions,
+        loss_slots=_PLAIN,
+    ),
+    "student": RoleSpec(
+        "KD-Loss from a Tolerant and a Tough teacher (options.tolerant_teacher / tough_teacher)",
+        StageOptions,
+        loss_slots=("main", "assist_tough", "assist_tolerant"),
+        teachers="required",
+        deploy_rank=30,
+    ),
+    "baseline": RoleSpec(
+        "the student on the ground truth with a plain loss (options.loss), no teachers",
+        StageOptions,
+        loss_slots=_PLAIN,
+        baseline=True,
+        deploy_rank=10,
+    ),
+}
+
+
 class LandmarkOutput(nn.Module):
     """The deployable graph: normalised image -> (N, points, 2) crop pixel coordinates."""
 
@@ -193,7 +219,7 @@ class LandmarkOutput(nn.Module):
         return self.size / 2 - u * self.size
 
 
-class LandmarksTask(Task):
+class LandmarksTask(Task[LandmarksOptions, LandmarksData]):
     name = "facial_landmarks"
     predict_inputs = (
         "face crops as image files (PNG, JPEG, ...); prints the points, draws <name>_landmarks.png"
@@ -204,7 +230,7 @@ class LandmarksTask(Task):
     )
     Options = LandmarksOptions
     DataOptions = LandmarksData
-    StageOptions = StageOptions  # stages[].options, checked when the recipe loads
+    roles = ROLES  # stage roles and their options, checked when the recipe loads
     primary_metric = PrimaryMetric("nme", higher_is_better=False)
     # The student's (B, N, 2) landmarks in the normalised frame with the ground truth attached,
     # and each KD-Loss teacher's: ``landmarks/tolerant`` and ``landmarks/tough``.
@@ -384,14 +410,7 @@ class LandmarksTask(Task):
     # ------------------------------------------------------------ training
 
     def stage_options(self, stage: StageConfig) -> StageOptions:
-        try:
-            opts = StageOptions.model_validate(stage.options)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-            raise RecipeError(
-                f"stage {stage.name!r}: invalid options for task {self.name!r}: {problems}",
-                hint=f"allowed options: {', '.join(StageOptions.model_fields)}",
-            ) from None
+        opts: StageOptions = super().stage_options(stage)  # validated once, at recipe load
         if stage.role == "student":
             names = [t.name for t in stage.teachers]
             for which in (opts.tolerant_teacher, opts.tough_teacher):
@@ -522,16 +541,15 @@ class LandmarksTask(Task):
             ],
             metadata=DeployMetadata(
                 task=self.name,
-                preprocessing={
-                    "kind": "image",
-                    "size": [size, size],
-                    "channels": "RGB",
-                    "scale": 1 / 255,
-                    "mean": list(d.mean),
-                    "std": list(d.std),
-                    "normalization": "outside the graph: (x / 255 - mean) / std",
-                    "crop": f"square face box enlarged by {d.crop_margin} per side, resized to {size}x{size}",
-                },
+                preprocessing=ImagePreprocessing(
+                    size=[size, size],
+                    channels="RGB",
+                    scale=1 / 255,
+                    mean=list(d.mean),
+                    std=list(d.std),
+                    normalization="outside",  # the app computes (x / 255 - mean) / std
+                    crop=f"square face box enlarged by {d.crop_margin} per side, resized to {size}x{size}",
+                ),
                 postprocessing={
                     "kind": "landmarks",
                     "num_points": n,

@@ -11,7 +11,7 @@ from typing import Any
 
 from kdtool import hookimpl
 
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 
 @hookimpl

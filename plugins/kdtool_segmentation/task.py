@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from kdtool.distill import PointSpec
@@ -62,7 +62,7 @@ from kdtool.export.spec import (
     TensorSpec,
 )
 from kdtool.recipe import LossTerm
-from kdtool.task import Predictor, PrimaryMetric, Split, Task, TaskOptions
+from kdtool.task import Predictor, PrimaryMetric, RoleSpec, Split, Task, TaskOptions
 
 from . import datasets as ds
 from .losses import symmetric_cwd
@@ -172,10 +172,28 @@ class BaselineStageOptions(TaskOptions):
     aux: bool = False
 
 
-_STAGE_OPTIONS: dict[str, type[TaskOptions]] = {
-    "teacher": TeacherStageOptions,
-    "student": StudentStageOptions,
-    "baseline": BaselineStageOptions,
+ROLES: dict[str, RoleSpec] = {
+    "teacher": RoleSpec(
+        "label-assisted dual-path training (two noised label channels of one image)",
+        TeacherStageOptions,
+        loss_slots=("ce", "aux", "cwd"),
+        teachers="none",
+    ),
+    "student": RoleSpec(
+        "CE + aux CE + CWD from the frozen label-assisted teacher",
+        StudentStageOptions,
+        loss_slots=("ce", "aux", "cwd"),
+        teachers="required",
+        deploy_rank=30,
+    ),
+    "baseline": RoleSpec(
+        "the student with CE only (a control)",
+        BaselineStageOptions,
+        loss_slots=("ce", "aux"),
+        teachers="none",
+        baseline=True,
+        deploy_rank=10,
+    ),
 }
 
 
@@ -215,7 +233,7 @@ class _ImageAndLabel(nn.Module):
 # --------------------------------------------------------------------------- the task
 
 
-class SegmentationLADTask(Task):
+class SegmentationLADTask(Task[SegmentationOptions, SegmentationData]):
     """Semantic segmentation with Label Assisted Distillation (see the module docstring)."""
 
     name: ClassVar[str] = "segmentation_lad"
@@ -226,6 +244,7 @@ class SegmentationLADTask(Task):
     Options: ClassVar[type[TaskOptions]] = SegmentationOptions
     DataOptions: ClassVar[type[TaskOptions]] = SegmentationData
     primary_metric: ClassVar[PrimaryMetric] = PrimaryMetric("miou", higher_is_better=True)
+    roles = ROLES  # stage roles and their options, checked when the recipe loads
     description: ClassVar[str] = (
         "teacher: label-assisted dual-path training; student: CE + aux CE + CWD from the teacher; "
         "baseline: the student with CE only"
@@ -247,7 +266,6 @@ class SegmentationLADTask(Task):
     def __init__(self, options: TaskOptions, data: TaskOptions, *, seed: int, cache_dir: Path) -> None:
         super().__init__(options, data, seed=seed, cache_dir=cache_dir)
         self._datasets: dict[str, ds.SegmentationDataset] = {}
-        self._stage_options: dict[tuple[str, str], TaskOptions] = {}
         self.class_names, self.palette = self._classes_and_palette()
 
     # ---------------------------------------------------------------- data
@@ -348,28 +366,9 @@ class SegmentationLADTask(Task):
 
     # ---------------------------------------------------------------- training
 
-    def stage_options_model(self, stage: StageConfig) -> type[TaskOptions] | None:
-        """Each role has its own stage options (checked when the recipe loads)."""
-        return _STAGE_OPTIONS.get(stage.role)
-
     def _options_for(self, stage: StageConfig) -> TaskOptions:
-        key = (stage.name, stage.role)
-        if key not in self._stage_options:
-            model = _STAGE_OPTIONS.get(stage.role)
-            if model is None:
-                raise RecipeError(
-                    f"stage {stage.name!r}: task {self.name!r} has no role {stage.role!r}; use teacher, student or baseline"
-                )
-            try:
-                self._stage_options[key] = model.model_validate(stage.options)
-            except ValidationError as err:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-                )
-                raise RecipeError(
-                    f"stage {stage.name!r} ({stage.role}): invalid options: {problems}; allowed: {', '.join(model.model_fields)}"
-                ) from None
-        return self._stage_options[key]
+        opts: TaskOptions = self.stage_options(stage)  # validated once, when the recipe loads
+        return opts
 
     def _ce(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), mask, ignore_index=VOID_INDEX)

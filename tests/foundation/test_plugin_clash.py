@@ -14,7 +14,7 @@ from tests.helpers import REPO, make_plugin_distribution, run_cli
 
 CLASHING = """
 from kdtool import hookimpl
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 @hookimpl
 def register_tasks(register):

@@ -12,7 +12,7 @@ from tests.helpers import make_plugin_distribution, run_cli, tiny_recipe, write_
 
 GOOD = """
 from kdtool import hookimpl
-KDTOOL_PLUGIN_API = "1.0"
+KDTOOL_PLUGIN_API = "2.0"
 
 @hookimpl
 def register_losses(register):

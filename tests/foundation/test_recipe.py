@@ -15,7 +15,9 @@ def test_shipped_recipe_loads() -> None:
     assert recipe.task.name == "image_classification"
     assert [s.name for s in recipe.stages] == ["teacher", "student", "baseline_student"]
     assert recipe.stage("student").teachers[0].stage == "teacher"
-    assert recipe.default_deploy_model() == "student"
+    from kdtool.task import default_roles
+
+    assert recipe.default_deploy_model(default_roles()) == "student"
 
 
 def test_unknown_key_names_file_line_path_and_suggestion(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_example_is_listed_with_its_registrations(env: PluginVenv | _Here) -> No
     assert (
         info["status"] == "ok"
         and info["distribution"] == "kdtool-example-plugin"
-        and info["api_version"] == "1.0"
+        and info["api_version"] == "2.0"
     )
     assert info["registered"] == {"loss": ["dist"], "exporter": ["pt2"], "target profile": ["pt2-cpu"]}
     targets = env.kdtool("targets")

@@ -54,7 +54,7 @@ def test_scaffold_writes_an_installable_distribution(kind: str, tmp_path: Path) 
     assert project["tool"]["setuptools"]["packages"] == [module]
     source = (root / module / "__init__.py").read_text()
     tree = ast.parse(source)
-    assert 'KDTOOL_PLUGIN_API = "1.0"' in source
+    assert 'KDTOOL_PLUGIN_API = "2.0"' in source
     hooks = {
         n.name
         for n in tree.body
@@ -128,7 +128,7 @@ def test_scaffolded_plugins_are_listed_at_once(installed: tuple[PluginVenv, Path
     for kind, registered in EXPECTED.items():
         info = plugins[f"kit-{kind}"]
         assert info["status"] == "ok", info
-        assert info["distribution"] == f"kdtool-kit-{kind}" and info["api_version"] == "1.0"
+        assert info["distribution"] == f"kdtool-kit-{kind}" and info["api_version"] == "2.0"
         assert info["registered"] == registered
     table = env.kdtool("plugins")
     assert "kit-task" in table.stdout and "kdtool-kit-exporter" in table.stdout
