@@ -292,10 +292,9 @@ def verify_artifact(
         except ExportError as exc:
             why = f"does not load on this machine ({exc.message})"
             result.not_verified.append(f"the artifact: {why}")
-    stand_in: StandIn | None = None
-    if not _runs_every_graph(runner, spec):
-        stand_in = exporter.stand_in(directory, manifest, options)
-    if _runs_every_graph(runner, spec):
+    runs_here = _runs_every_graph(runner, spec)
+    stand_in: StandIn | None = None if runs_here else exporter.stand_in(directory, manifest, options)
+    if runs_here:
         assert runner is not None
         plan = exporter.parity_plan(spec, artifact, options)
         result.checks.setdefault("parity_runtime", runner.kind)
