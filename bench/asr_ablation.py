@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _distill import distill
 
 from kdtool.io import write_json
 
@@ -53,13 +53,9 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def run_variant(name: str, seed: int, runs_dir: Path) -> dict[str, Any]:
-    out = runs_dir / name
-    cmd = [sys.executable, "-m", "kdtool", "distill", str(RECIPE), "--only", "supernet", "--no-progress"]
-    cmd += ["--no-report", "--set", f"runs_dir={out}", "--set", f"seed={seed}"]
-    for item in VARIANTS[name]:
-        cmd += ["--set", item]
-    subprocess.run(cmd, check=True, cwd=REPO)
-    run = sorted(out.glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime)[-1].parent
+    run = distill(
+        RECIPE, runs_dir / name, [f"seed={seed}", *VARIANTS[name]], only=["supernet"], extra=["--no-report"]
+    )
     models = json.loads((run / "summary.json").read_text())["models"]
     return {
         "variant": name,

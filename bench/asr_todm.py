@@ -27,36 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _distill import distill
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("largest", "middle", "smallest")
-
-
-def distill(recipe: Path, runs_dir: Path, sets: list[str], only: list[str] | None = None) -> Path:
-    cmd = [
-        sys.executable,
-        "-m",
-        "kdtool",
-        "distill",
-        str(recipe),
-        "--no-progress",
-        "--set",
-        f"runs_dir={runs_dir}",
-    ]
-    for item in sets:
-        cmd += ["--set", item]
-    for stage in only or []:
-        cmd += ["--only", stage]
-    subprocess.run(cmd, check=True, cwd=REPO)
-    summaries = sorted(runs_dir.glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    return summaries[-1].parent
 
 
 def fit_seconds(entry: dict[str, Any]) -> float:

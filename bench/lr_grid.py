@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _distill import distill
 
 from kdtool.io import write_json
 
@@ -36,17 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 def run_once(
     recipe: Path, stages: list[str], lr: float, seed: int, runs_dir: Path, max_steps: int | None = None
 ) -> Path:
-    cmd = [sys.executable, "-m", "kdtool", "distill", str(recipe), "--no-progress", "--no-report"]
-    if max_steps is not None:
-        cmd += ["--max-steps", str(max_steps)]
-    sets = [f"runs_dir={runs_dir}", f"seed={seed}"]
-    for side in stages:
-        sets += [f"stages.{side}.optimizer.lr={lr}"]
-    for item in sets:
-        cmd += ["--set", item]
-    subprocess.run(cmd, check=True, cwd=REPO)
-    summaries = sorted(runs_dir.glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime)
-    return summaries[-1].parent
+    sets = [f"seed={seed}", *(f"stages.{side}.optimizer.lr={lr}" for side in stages)]
+    extra = ["--no-report"] + (["--max-steps", str(max_steps)] if max_steps is not None else [])
+    return distill(recipe, runs_dir, sets, extra=extra)
 
 
 def primary_metric(run_dir: Path) -> tuple[str, bool]:
