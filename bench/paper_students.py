@@ -31,6 +31,7 @@ from kdtool.engine.trainer import build_model, build_task
 from kdtool.export.exporter import ExportContext
 from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, write_manifest
 from kdtool.export.spec import ExportSpec, GraphSpec, as_tuple
+from kdtool.export.verify import draft_manifest
 from kdtool.plugins import get_plugin_manager
 from kdtool.recipe import recipe_from_dict
 
@@ -174,25 +175,11 @@ def export_variant(spec: ExportSpec, variant: str, out_dir: Path) -> tuple[Path,
     )
     artifact = OnnxExporter().export(spec, options, out_dir, ctx)
     manifest = {
+        **draft_manifest(spec, artifact, options),
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "format": "onnx",
         "target": f"bench-{variant}",
         "model": spec.model_name,
-        "precision": precision,
-        "task": spec.task,
-        "options": options.model_dump(mode="json"),
-        "graphs": {
-            g.name: {
-                "file": artifact.graph_files[g.name].name,
-                "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in g.inputs],
-                "dynamic_axes": {
-                    k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in g.dynamic_axes.items()
-                },
-            }
-            for g in spec.graphs
-        },
-        "details": artifact.details,
-        "metadata": spec.metadata.to_dict(),
     }
     write_manifest(out_dir / "manifest.json", manifest)
     return out_dir, manifest, options
