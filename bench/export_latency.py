@@ -12,8 +12,10 @@ process: batch-1 latency p50, size on disk and the task metric, with ratios to P
 (``recipes/*_300w.yaml``, ``*_voc.yaml``, ``*_iam.yaml``, ``*_librispeech.yaml``) at their paper
 input sizes, with random weights (latency does not depend on training; nothing is trained or
 downloaded), and INT8 calibrated on synthetic inputs of the right shape (random normal at the
-graph's opt sizes). Variants: PyTorch eager, ORT FP32, ORT FP16, static QDQ INT8 (S8S8 and U8S8)
-and weight-only INT8. Every artifact is timed twice, interleaved call by call in this process:
+graph's opt sizes). Variants: PyTorch eager, ORT FP32, ORT FP16, static QDQ INT8 (S8S8 and U8S8),
+weight-only INT8, and the QAD graph (``int8-qad``: the student prepared as a
+``quantization_aware: int8`` stage leaves it, exported with its quantizers' scales; latency needs
+no fine-tuning). The TODM rows are standalone subnet models (largest and smallest). Every artifact is timed twice, interleaved call by call in this process:
 through kdtool (``kdtool.runtime.load``) and through a session built by hand on the same file
 (``ORT_ENABLE_ALL``, the same intra-op thread count, plain numpy feeds, no kdtool code); the
 ratio kdtool / hand-built is reported per row, with p50/p90 at batch 1 and at a throughput batch.
@@ -112,11 +114,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/export_latency.json"))
     parser.add_argument("--scale", choices=["embedded", "paper"], default="embedded")
     parser.add_argument("--repeats", type=int, default=30, help="--scale paper: timed calls per row")
-    parser.add_argument("--only", nargs="*", help="--scale paper: landmarks, segmentation, htr, asr")
+    parser.add_argument("--only", nargs="*", help="--scale paper: landmarks, segmentation, htr, asr, asr-smallest")
     parser.add_argument(
         "--variants",
         nargs="*",
-        help="--scale paper: a subset of eager fp32 fp16 int8-s8 int8-u8 int8-weights",
+        help="--scale paper: a subset of eager fp32 fp16 int8-s8 int8-u8 int8-weights int8-qad",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -10,13 +10,14 @@ normal at the graph's opt sizes), which is all latency needs.
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from kdtool.plugins import get_plugin_manager
 from kdtool.recipe import recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ["eager", "fp32", "fp16", "int8-s8", "int8-u8", "int8-weights"]
+VARIANTS = ["eager", "fp32", "fp16", "int8-s8", "int8-u8", "int8-weights", "int8-qad"]
 
 
 def _sibling(paper: str, embedded: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +64,18 @@ def _synthetic_calibration(graph: GraphSpec, n: int = 8) -> Callable[[int], Any]
     return calibration
 
 
-def _task_spec(recipe: dict[str, Any], model_name: str) -> tuple[ExportSpec, int]:
+@dataclass
+class Built:
+    """A paper-scale student: its export spec, parameter count, the model itself and how the
+    task turns a (modified) model into its export spec (for the QAD variant)."""
+
+    spec: ExportSpec
+    params: int
+    model: torch.nn.Module
+    respec: Callable[[torch.nn.Module], ExportSpec]
+
+
+def _task_spec(recipe: dict[str, Any], model_name: str) -> Built:
     registries = get_plugin_manager().registries()
     loaded = recipe_from_dict(recipe)
     task = build_task(loaded, registries)
@@ -71,12 +83,13 @@ def _task_spec(recipe: dict[str, Any], model_name: str) -> tuple[ExportSpec, int
     built = build_model(task, registries, model_name, loaded.recipe.models[model_name])
     spec = task.export_spec(built.module.eval(), model_name)
     params = sum(p.numel() for p in built.module.parameters())
-    return spec, params
+    return Built(spec, params, built.module, lambda m: task.export_spec(m, model_name))
 
 
-def _asr_spec() -> tuple[ExportSpec, int]:
-    """The TODM supernet's default (largest) subnet at LibriSpeech sizes: 80 mel bins, 500 BPE
-    tokens (the paper's vocabulary size), 20 s of audio at most, encoder timed at 10 s."""
+def _asr_spec(subnet: str = "largest") -> Built:
+    """A TODM subnet of the LibriSpeech supernet as the standalone model it deploys as (the
+    supernet's slice in a model of the subnet's size) at LibriSpeech sizes: 80 mel bins, 500
+    BPE tokens (the paper's vocabulary size), 20 s of audio at most, encoder timed at 10 s."""
     from kdtool_asr.audio import FEATURE_DEFAULTS
     from kdtool_asr.task import make_export_spec
 
@@ -84,15 +97,22 @@ def _asr_spec() -> tuple[ExportSpec, int]:
     options = yaml.safe_load((REPO / "recipes" / "asr_supernet_librispeech.yaml").read_text())["models"][
         "supernet"
     ]["options"]
+    factory = registries.models.get("asr_supernet_rnnt")
+    sizes = {"vocab_size": 500, "blank": 0, "num_mel_bins": 80, "max_frames": 2001}
     torch.manual_seed(0)
-    model = registries.models.get("asr_supernet_rnnt")(
-        **options, vocab_size=500, blank=0, num_mel_bins=80, max_frames=2001
-    ).eval()
-    spec = make_export_spec(
-        "asr_supernet", model, "supernet", [f"t{i}" for i in range(500)], dict(FEATURE_DEFAULTS), None
-    )
-    spec.graphs[0] = _with_opt(spec.graphs[0], "time", 1000)
-    return spec, sum(p.numel() for p in model.parameters())
+    supernet = factory(**options, **sizes).eval()
+    sub = getattr(supernet, subnet)
+    model = factory(**supernet.subnet_options({**options, **sizes}, sub)).eval()
+    model.load_state_dict(supernet.extract(sub))
+
+    def respec(m: torch.nn.Module) -> ExportSpec:
+        spec = make_export_spec(
+            "asr_supernet", m, subnet, [f"t{i}" for i in range(500)], dict(FEATURE_DEFAULTS), None
+        )
+        spec.graphs[0] = _with_opt(spec.graphs[0], "time", 1000)
+        return spec
+
+    return Built(respec(model), sum(p.numel() for p in model.parameters()), model, respec)
 
 
 def _with_opt(graph: GraphSpec, axis: str, opt: int) -> GraphSpec:
@@ -148,8 +168,14 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "asr": {
         "recipe": "asr_supernet_librispeech",
-        "what": "TODM largest subnet, encoder at 1000 frames (10 s)",
-        "build": _asr_spec,
+        "what": "TODM largest subnet (L20-H4-F2048), encoder at 1000 frames (10 s)",
+        "build": lambda: _asr_spec("largest"),
+        "batch": 4,
+    },
+    "asr-smallest": {
+        "recipe": "asr_supernet_librispeech",
+        "what": "TODM smallest subnet (L8-H2-F1024), encoder at 1000 frames (10 s)",
+        "build": lambda: _asr_spec("smallest"),
         "batch": 4,
     },
 }
@@ -168,6 +194,8 @@ def export_variant(spec: ExportSpec, variant: str, out_dir: Path) -> tuple[Path,
         extra = {"quantization": "static", "activations": "u8"}
     elif variant == "int8-weights":
         extra = {"quantization": "dynamic"}
+    elif variant == "int8-qad":  # the graph carries its quantizers: QDQ with their scales
+        extra = {"activations": "u8"}
     options = OnnxOptions(precision=precision, calibration_samples=8, **extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = ExportContext(
@@ -183,6 +211,30 @@ def export_variant(spec: ExportSpec, variant: str, out_dir: Path) -> tuple[Path,
     }
     write_manifest(out_dir / "manifest.json", manifest)
     return out_dir, manifest, options
+
+
+def _synthetic(spec: ExportSpec) -> ExportSpec:
+    return replace(
+        spec, graphs=[replace(g, calibration_inputs=_synthetic_calibration(g)) for g in spec.graphs]
+    )
+
+
+def qad_spec(built: Built) -> ExportSpec:
+    """The student as a QAD stage would leave it (kdtool.quant: BNs folded, fake quantizers
+    placed by tracing the export graph, scales calibrated, here on the synthetic inputs), so that
+    export writes the QAD graph (QDQ with the quantizers' scales). Latency does not depend on
+    the scales' values, so no fine-tuning is needed to time it."""
+    from kdtool.quant import prepare_stage_model
+
+    class SyntheticTask:
+        def export_spec(self, module: torch.nn.Module, model_name: str) -> ExportSpec:
+            return _synthetic(built.respec(module))
+
+    model = copy.deepcopy(built.model)
+    prepare_stage_model(
+        model, SyntheticTask(), built.spec.model_name, activations="u8", calibration_samples=8, exclude=[]
+    )
+    return _synthetic(built.respec(model.eval()))
 
 
 # --------------------------------------------------------------------------- timing
@@ -229,10 +281,8 @@ def measure_case(
     key: str, threads: int, repeats: int, variants: list[str], work: Path
 ) -> list[dict[str, Any]]:
     case = CASES[key]
-    spec, params = case["build"]()
-    spec = replace(
-        spec, graphs=[replace(g, calibration_inputs=_synthetic_calibration(g)) for g in spec.graphs]
-    )
+    built: Built = case["build"]()
+    spec, params = _synthetic(built.spec), built.params
     # Time the first graph (the model, or the ASR encoder: decoder and joiner are tiny per call).
     graph = spec.graphs[0]
     rows: list[dict[str, Any]] = []
@@ -256,7 +306,8 @@ def measure_case(
             continue
         start = time.perf_counter()
         try:
-            folder, manifest, _ = export_variant(spec, variant, work / key / variant)
+            source = qad_spec(built) if variant == "int8-qad" else spec
+            folder, manifest, _ = export_variant(source, variant, work / key / variant)
         except Exception as exc:
             print(f"   {variant}: export failed: {exc}", flush=True)
             rows.append(
