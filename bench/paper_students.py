@@ -25,9 +25,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import yaml
-from kdtool_onnx.exporter import OnnxExporter, OnnxOptions, describe_quantization
+from kdtool_onnx.exporter import OnnxExporter, OnnxOptions
 
 from kdtool import runtime
+from kdtool.cli.bench import quantization_notes
 from kdtool.engine.trainer import build_model, build_task
 from kdtool.export.exporter import ExportContext
 from kdtool.export.manifest import MANIFEST_SCHEMA_VERSION, write_manifest
@@ -396,10 +397,12 @@ def _row(
     }
     if quant:
         row["quantization"] = {
-            k: quant[k] for k in ("mode", "activations", "per_channel", "summary") if k in quant
+            k: quant[k]
+            for k in ("mode", "activations", "per_channel", "summary", "fallback_from_static", "scales")
+            if k in quant
         }
         if "summary" in quant:
-            row["why"] = describe_quantization(quant["summary"])
+            row["why"] = "; ".join(quantization_notes(case["recipe"], quant))
     return row
 
 

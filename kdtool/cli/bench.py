@@ -46,9 +46,7 @@ def bench_artifact(
         params=manifest.get("params"),
     )
     for graph, info in (manifest.get("details", {}).get("graphs") or {}).items():
-        summary = (info.get("quantization") or {}).get("summary")
-        if summary:
-            row.notes.append(f"INT8 graph {graph!r}: {_describe_quantization(summary)}")
+        row.notes.extend(quantization_notes(graph, info.get("quantization") or {}))
     baseline = reset_peak()
     try:
         runner = runtime.load(directory)
@@ -69,14 +67,29 @@ def bench_artifact(
     return row
 
 
-def _describe_quantization(summary: dict[str, object]) -> str:
-    """Q/DQ node counts and the op types left in float (why INT8 may not pay)."""
-    floats = summary.get("float_ops") or {}
-    listed = ", ".join(f"{k} x{v}" for k, v in floats.items()) if isinstance(floats, dict) else ""
-    return (
-        f"{summary.get('quantize_nodes', 0)} QuantizeLinear / {summary.get('dequantize_nodes', 0)} "
-        f"DequantizeLinear nodes; ops left in float: {listed or 'none'}"
-    )
+def quantization_notes(graph: str, quantization: dict[str, Any]) -> list[str]:
+    """Why an INT8 graph may not pay: its mode (weight-only INT8 quantizes activations on every
+    call), a static attempt that fell back, Q/DQ node counts and the op types left in float."""
+    notes = []
+    if quantization.get("mode") == "dynamic":
+        why = (
+            f"INT8 graph {graph!r} is weight-only (dynamic): activations are quantized on every call "
+            "and convolutions run as ConvInteger, which ONNX Runtime's CPU kernels run slower than "
+            "float Conv; static QDQ INT8 or a quantization-aware stage is the fast path"
+        )
+        fallback = quantization.get("fallback_from_static")
+        if fallback:
+            why += f" (static QDQ was tried and broke a dynamic axis: {fallback})"
+        notes.append(why)
+    summary = quantization.get("summary")
+    if isinstance(summary, dict):
+        floats = summary.get("float_ops") or {}
+        listed = ", ".join(f"{k} x{v}" for k, v in floats.items()) if isinstance(floats, dict) else ""
+        notes.append(
+            f"INT8 graph {graph!r}: {summary.get('quantize_nodes', 0)} QuantizeLinear / "
+            f"{summary.get('dequantize_nodes', 0)} DequantizeLinear nodes; ops left in float: {listed or 'none'}"
+        )
+    return notes
 
 
 def bench_run(

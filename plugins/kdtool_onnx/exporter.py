@@ -463,13 +463,4 @@ def quant_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def describe_quantization(summary: dict[str, Any]) -> str:
-    """One line for warnings: Q/DQ counts and the op types left in float."""
-    floats = ", ".join(f"{k} x{v}" for k, v in summary.get("float_ops", {}).items()) or "none"
-    return (
-        f"{summary.get('quantize_nodes', 0)} QuantizeLinear / {summary.get('dequantize_nodes', 0)} "
-        f"DequantizeLinear nodes; ops left in float: {floats}"
-    )
-
-
 __all__ = ["OnnxExporter", "OnnxOptions", "export_graph"]
