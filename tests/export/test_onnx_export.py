@@ -225,7 +225,13 @@ def test_cli_distill_export_eval_predict_bench(tmp_path: Path) -> None:
     artifact = tmp_path / "runs" / "latest" / "exports" / "onnx-cpu-int8"
     ev = run_cli(["eval", str(artifact), "--json"], cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
-    assert json.loads(ev.stdout)["metrics"]["accuracy"] > 0.3
+    result = json.loads(ev.stdout)
+    assert result["metrics"]["accuracy"] > 0.3
+    # an INT8 artifact is shown next to the FP32 model it came from
+    assert result["reference"]["model"] == "student" and result["reference"]["precision"] == "fp32"
+    assert abs(result["reference"]["metrics"]["accuracy"] - result["metrics"]["accuracy"]) < 0.1
+    text = run_cli(["eval", str(artifact)], cwd=tmp_path)
+    assert "next to FP32 student" in text.stdout and "change" in text.stdout, text.stdout
     image = tmp_path / "digit.png"
     from sklearn.datasets import load_digits
 
