@@ -9,6 +9,9 @@ of the student's learning rate (no weight decay). Then exports, in this process:
 - PTQ static INT8: ``onnx-cpu-int8`` on the student (calibrated on the recipe's data);
 - PTQ weight-only INT8: ``onnx --precision int8 --opt quantization=dynamic`` on the student;
 - QAD INT8: ``onnx --precision int8`` on ``student_qad`` (QDQ with the learned scales);
+- with ``--control``, FP32 fine-tuned: a second extra stage, ``student_fp32ft``, the QAD stage's
+  exact settings without fake quantization, exported FP32 (``onnx``); it tells what the extra
+  fine-tuning steps alone give, so QAD is judged against it as well as against FP32;
 
 and reads each artifact's metric (the driver evaluates it on the validation split) and its
 batch-1 ONNX Runtime latency (p50). Prints a table and writes JSON.
@@ -42,12 +45,20 @@ VARIANTS = {
     "ptq_static": ("onnx-cpu-int8", None, [], "student"),
     "ptq_weights": ("onnx", "int8", ["quantization=dynamic"], "student"),
     "qad": ("onnx", "int8", [], "student_qad"),
+    # --control: the same fine-tune as the QAD stage (steps, learning rate, losses) in FP32, so
+    # that what QAD gains over FP32 is not just the extra steps.
+    "fp32_finetuned": ("onnx", None, [], "student_fp32ft"),
 }
 
 
 def qad_recipe(
-    path: Path, seed: int, runs_dir: Path, steps: int, overrides: dict[str, Any]
-) -> dict[str, Any]:
+    path: Path,
+    seed: int,
+    runs_dir: Path,
+    steps: int,
+    overrides: dict[str, Any],
+    control: bool = False,
+) -> tuple[dict[str, Any], str]:
     data = yaml.safe_load(path.read_text())
     data["seed"] = seed
     data["runs_dir"] = str(runs_dir)
@@ -75,8 +86,17 @@ def qad_recipe(
     opt["weight_decay"] = 0.0
     stage["optimizer"] = opt
     stage["schedule"] = {"name": "cosine"}
-    data["stages"] = [s for s in data["stages"] if s.get("role") != "baseline" and s["name"] != "student_qad"]
+    data["stages"] = [
+        s
+        for s in data["stages"]
+        if s.get("role") != "baseline" and s["name"] not in ("student_qad", "student_fp32ft")
+    ]
     data["stages"].append(stage)
+    if control:
+        twin = copy.deepcopy(stage)
+        twin.pop("quantization_aware")
+        twin["name"] = "student_fp32ft"
+        data["stages"].append(twin)
     data["deploy_model"] = "student_qad"
     data["name"] = f"{data['name']}_qadbench"
     return data, deploy
@@ -90,8 +110,11 @@ def measure(recipe: dict[str, Any], student: str, seconds: float, run: Path | No
         run_dir = run
     assert isinstance(run_dir, Path)
     out: dict[str, Any] = {"train_seconds": time.perf_counter() - start, "run": str(run_dir)}
+    stages = {s["name"] for s in recipe["stages"]}
     for name, (target, precision, options, model) in VARIANTS.items():
         model = student if model == "student" else model
+        if model != student and model not in stages:
+            continue
         try:
             outcome = export_model(
                 ExportRequest(
@@ -139,6 +162,11 @@ def main() -> int:
     parser.add_argument(
         "--set", nargs="*", default=[], help="recipe overrides KEY=VALUE (e.g. stages.1.steps=300)"
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also fine-tune the student in FP32 with the QAD stage's settings (row fp32_finetuned)",
+    )
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument(
         "--run", type=Path, help="measure this finished run (one recipe, one seed) without training"
@@ -150,6 +178,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "threads": torch.get_num_threads(),
         "qad_steps": args.qad_steps,
+        "control": args.control,
         "note": "shared 2-core machine; latency p50 at batch 1 through kdtool.runtime",
         "recipes": {},
     }
@@ -157,7 +186,9 @@ def main() -> int:
         path = REPO / "recipes" / f"{name}.yaml"
         per_seed = {}
         for seed in args.seeds:
-            recipe, student = qad_recipe(path, seed, args.runs_dir, args.qad_steps, overrides)
+            recipe, student = qad_recipe(
+                path, seed, args.runs_dir, args.qad_steps, overrides, control=args.control
+            )
             per_seed[seed] = measure(recipe, student, args.seconds, args.run)
             print(
                 f"{name} seed {seed}: {json.dumps({k: v.get('metric') for k, v in per_seed[seed].items() if isinstance(v, dict)})}",
@@ -175,6 +206,8 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for variant in VARIANTS:
         rows = [s[variant] for s in per_seed.values() if "metric" in s.get(variant, {})]
+        if not rows and not any(variant in s for s in per_seed.values()):
+            continue  # not measured (fp32_finetuned without --control)
         if not rows:
             summary[variant] = {"error": next((s[variant].get("error") for s in per_seed.values()), None)}
             continue
@@ -183,8 +216,14 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
             for r, s in zip(rows, per_seed.values(), strict=False)
             if "metric" in s.get("fp32", {})
         ]
+        controls = [
+            relative_gap(s[variant]["metric"], s["fp32_finetuned"]["metric"], s[variant]["higher_is_better"])
+            for s in per_seed.values()
+            if "metric" in s.get(variant, {}) and "metric" in s.get("fp32_finetuned", {})
+        ]
         summary[variant] = {
             "metric_name": rows[0]["metric_name"],
+            "rel_gap_vs_fp32_finetuned_mean": statistics.mean(controls) if controls else None,
             "metric_mean": statistics.mean(r["metric"] for r in rows),
             "metric_sd": statistics.stdev([r["metric"] for r in rows]) if len(rows) > 1 else 0.0,
             "rel_gap_vs_fp32_mean": statistics.mean(gaps) if gaps else None,
@@ -197,18 +236,22 @@ def summarise(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def print_table(results: dict[str, Any]) -> None:
     print(
-        f"\n{'recipe':<24}{'variant':<13}{'n':>3}{'metric (mean +- sd)':>28}{'gap vs FP32':>13}{'worst':>9}{'p50 ms':>9}"
+        f"\n{'recipe':<24}{'variant':<15}{'n':>3}{'metric (mean +- sd)':>28}{'gap vs FP32':>13}{'worst':>9}"
+        f"{'vs FP32 ft':>12}{'p50 ms':>9}"
     )
     for name, block in results["recipes"].items():
         for variant, s in block["summary"].items():
             if "error" in s:
-                print(f"{name:<24}{variant:<13}  failed: {s['error']}")
+                print(f"{name:<24}{variant:<15}  failed: {s['error']}")
                 continue
             metric = f"{s['metric_name']} {s['metric_mean']:.4f} +- {s['metric_sd']:.4f}"
             gap = s["rel_gap_vs_fp32_mean"]
             worst = s["rel_gap_vs_fp32_worst"]
+            ctl = s.get("rel_gap_vs_fp32_finetuned_mean")
+            ctl_text = f"{ctl * 100:>+11.2f}%" if ctl is not None else f"{'-':>12}"
             print(
-                f"{name:<24}{variant:<13}{s['n']:>3}{metric:>28}{gap * 100:>+12.2f}%{worst * 100:>+8.2f}%{s['latency_ms_mean']:>9.3f}"
+                f"{name:<24}{variant:<15}{s['n']:>3}{metric:>28}{gap * 100:>+12.2f}%{worst * 100:>+8.2f}%"
+                f"{ctl_text}{s['latency_ms_mean']:>9.3f}"
             )
 
 
