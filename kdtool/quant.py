@@ -452,6 +452,35 @@ def export_qdq(model: nn.Module) -> Iterator[None]:
                 m.frozen = None
 
 
+def export_counterpart(graph_module: nn.Module, model: nn.Module) -> nn.Module | None:
+    """The module inside an export graph that stands for ``model`` when the task exports a
+    modified copy of it (e.g. segmentation's stem sliced to RGB): ``model`` itself when the graph
+    runs it, else a module of the same class with the same module names, or None."""
+    names = {n for n, _ in model.named_modules()}
+    for m in graph_module.modules():
+        if m is model:
+            return m
+    for m in graph_module.modules():
+        if type(m) is type(model) and {n for n, _ in m.named_modules()} == names:
+            return m
+    return None
+
+
+def _copy_quantizer_state(source: nn.Module, target: nn.Module) -> None:
+    """Scales and zero points of ``source``'s quantizers into ``target``'s same-named ones."""
+    mine = dict(target.named_modules())
+    for name, q in source.named_modules():
+        if isinstance(q, ActQuant):
+            dst = mine.get(name)
+            if not isinstance(dst, ActQuant):
+                raise RecipeError(
+                    f"quantization-aware stage: the export copy has quantizer {name!r}, the model not"
+                )
+            with torch.no_grad():
+                dst.scale.copy_(q.scale)
+                dst.zero_point.copy_(q.zero_point)
+
+
 def prepare_stage_model(
     model: nn.Module,
     task: Any,
@@ -464,9 +493,16 @@ def prepare_stage_model(
     """Trace, fold and calibrate ``model`` for a quantization-aware stage; returns the plan.
 
     The forward used is the task's export graph (``task.export_spec``), fed with its
-    calibration inputs, so the fake quantizers sit where the exported graph's Q/DQ will."""
+    calibration inputs, so the fake quantizers sit where the exported graph's Q/DQ will. When
+    the export graph runs a modified copy of the model (its :func:`export_counterpart`), the
+    plan is traced on the copy (same module names), applied to the model, and the quantizers
+    calibrated through a copy rebuilt from the fake-quantized model, so that their ranges are
+    those the exported graph sees."""
     was_training = model.training
     model.eval()
+    hook = getattr(task, "before_quantization_aware", None)
+    if hook is not None:
+        hook(model, model_name)
     spec = task.export_spec(model, model_name)
     graphs = [g for g in spec.graphs if g.calibration_inputs is not None]
     if not graphs:
@@ -475,29 +511,43 @@ def prepare_stage_model(
         )
     hints = [n for g in spec.graphs for n in g.quantization.exclude_nodes]
     samples = [
-        (g, x) for g in graphs for x in take(g.calibration_inputs(calibration_samples), calibration_samples)
+        (i, x)
+        for i, g in enumerate(graphs)
+        for x in take(g.calibration_inputs(calibration_samples), calibration_samples)
     ]  # type: ignore[misc]
     if not samples:
         raise RecipeError(f"quantization-aware stage for model {model_name!r}: calibration inputs are empty")
+    counterparts = [export_counterpart(g.module, model) for g in graphs]
+    traced = next((c for c in counterparts if c is not None), None)
+    if traced is None:
+        raise RecipeError(
+            f"quantization-aware stage: model {model_name!r} is not what the task's export graph runs, "
+            "nor a copy of it with the same layers, so the fake quantizers cannot be placed where the "
+            "export puts Q/DQ",
+            hint="use post-training INT8 (kdtool export --target onnx-cpu-int8) for this model",
+        )
 
     def run_all() -> None:
-        for g, x in samples[: max(1, len(graphs))]:
-            g.module(*x)
+        for i, x in samples[: max(1, len(graphs))]:
+            graphs[i].module(*x)
 
-    plan = trace_plan(model, run_all, activations=activations, exclude=[*hints, *exclude])
+    plan = trace_plan(traced, run_all, activations=activations, exclude=[*hints, *exclude])
     if not plan["layers"]:
-        reached = any(m is model for g in graphs for m in g.module.modules())
-        why = (
-            "has no Conv/Linear layer to quantize"
-            if reached
-            else "is not what the task's export graph runs (the task exports a modified copy of it, e.g. a "
-            "4-channel stem sliced to RGB), so the fake quantizers cannot be placed where the export puts Q/DQ"
-        )
         raise RecipeError(
-            f"quantization-aware stage: model {model_name!r} {why}",
+            f"quantization-aware stage: model {model_name!r} has no Conv/Linear layer to quantize",
             hint="use post-training INT8 (kdtool export --target onnx-cpu-int8) for this model",
         )
     apply_plan(model, plan)
-    plan["calibration_samples"] = calibrate(model, [(lambda g=g, x=x: g.module(*x)) for g, x in samples])
+    if traced is model:
+        plan["calibration_samples"] = calibrate(
+            model, [(lambda i=i, x=x: graphs[i].module(*x)) for i, x in samples]
+        )
+    else:  # calibrate through the export copy of the fake-quantized model, then take its ranges
+        rebuilt = [g for g in task.export_spec(model, model_name).graphs if g.calibration_inputs is not None]
+        copy = next(c for c in (export_counterpart(g.module, model) for g in rebuilt) if c is not None)
+        plan["calibration_samples"] = calibrate(
+            copy, [(lambda i=i, x=x: rebuilt[i].module(*x)) for i, x in samples]
+        )
+        _copy_quantizer_state(copy, model)
     model.train(was_training)
     return plan

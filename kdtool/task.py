@@ -307,6 +307,14 @@ class Task(ABC, Generic[OptionsT, DataT]):
         start, same seed rule). ``stages`` are all the recipe's stages. Default: no change."""
         return None
 
+    def before_quantization_aware(self, model: nn.Module, model_name: str) -> None:
+        """Called on a trained model (its ``init`` weights loaded) just before a
+        ``quantization_aware`` stage folds it and places its fake quantizers: a task may make
+        the weights agree with what its export graph runs, in place. E.g. segmentation zeroes
+        the stem's 4th-channel (label) weights that its RGB export drops, so that the per-channel
+        weight scales learned in training are the exported ones. Default: no change."""
+        return None
+
     def teacher_outputs(
         self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
     ) -> dict[str, torch.Tensor]:

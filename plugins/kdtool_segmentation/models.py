@@ -228,12 +228,27 @@ def slice_stem_to_rgb(model: SegmentationNet) -> SegmentationNet:
     if model.in_channels != 4:
         raise ValueError(f"can only slice a 4-channel stem, got {model.in_channels} channels")
     sliced = copy.deepcopy(model)
-    old = sliced.backbone.stem[0]
+    stem = sliced.backbone.stem[0]
+    # a quantization-aware student's stem is a fake-quantized wrapper (kdtool.quant.QuantLayer)
+    # around the conv, its batch norm folded in (so the conv has a bias): slice the conv inside
+    old = getattr(stem, "layer", stem)
     assert isinstance(old, nn.Conv2d)
-    new = nn.Conv2d(3, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)  # type: ignore[arg-type]
+    new = nn.Conv2d(
+        3,
+        old.out_channels,
+        old.kernel_size,  # type: ignore[arg-type]
+        old.stride,  # type: ignore[arg-type]
+        old.padding,  # type: ignore[arg-type]
+        bias=old.bias is not None,
+    )
     with torch.no_grad():
         new.weight.copy_(old.weight[:, :3])
+        if old.bias is not None:
+            new.bias.copy_(old.bias)  # type: ignore[union-attr]
     new.to(old.weight.device, old.weight.dtype)
-    sliced.backbone.stem[0] = new
+    if stem is old:
+        sliced.backbone.stem[0] = new
+    else:
+        stem.layer = new
     sliced.backbone.in_channels = 3
     return sliced

@@ -574,6 +574,17 @@ class SegmentationLADTask(Task[SegmentationOptions, SegmentationData]):
         hi = max(self.options.export_max_size or max(4 * opt, 256), opt)
         return DynamicAxis(lo, opt, hi), DynamicAxis(lo, opt, hi)
 
+    def before_quantization_aware(self, model: nn.Module, model_name: str) -> None:
+        """The student's export drops its stem's 4th (always-zero) input channel; zero that
+        channel's weights, which never affect an output, so that each stem filter's per-channel
+        INT8 scale (max |w| / 127) is the same in training as in the 3-channel export."""
+        net = _unwrap(model)
+        if isinstance(net, SegmentationNet) and net.in_channels == 4 and not net.label_assisted:
+            stem = net.backbone.stem[0]
+            conv = getattr(stem, "layer", stem)
+            with torch.no_grad():
+                conv.weight[:, 3:].zero_()
+
     def export_spec(self, model: nn.Module, model_name: str) -> ExportSpec:
         net = _unwrap(model)
         if not isinstance(net, SegmentationNet):
