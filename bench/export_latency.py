@@ -114,7 +114,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results/export_latency.json"))
     parser.add_argument("--scale", choices=["embedded", "paper"], default="embedded")
     parser.add_argument("--repeats", type=int, default=30, help="--scale paper: timed calls per row")
-    parser.add_argument("--only", nargs="*", help="--scale paper: landmarks, segmentation, htr, asr, asr-smallest")
+    parser.add_argument(
+        "--only", nargs="*", help="--scale paper: landmarks, segmentation, htr, asr, asr-smallest"
+    )
     parser.add_argument(
         "--variants",
         nargs="*",

@@ -1,9 +1,10 @@
 """QAD vs PTQ: task metric of FP32, PTQ static INT8, PTQ weight-only INT8 and QAD INT8, with latency.
 
 For each recipe and seed: runs the recipe (its baseline stages skipped) with one extra stage
-appended, ``student_qad``: the deploy student's stage settings (teachers, losses, task options),
-``init`` from the trained student, ``quantization_aware: int8``, ``--qad-steps`` steps at a tenth
-of the student's learning rate (no weight decay). Then exports, in this process:
+appended, ``student_qad``: the recipe's own QAD stage (a stage with ``quantization_aware``) when
+it has one, else the deploy student's stage settings (teachers, losses, task options), ``init``
+from the trained student, ``quantization_aware: int8``, ``--qad-steps`` steps (default 200) at a
+tenth of the student's learning rate (no weight decay). Then exports, in this process:
 
 - FP32: ``onnx`` on the student;
 - PTQ static INT8: ``onnx-cpu-int8`` on the student (calibrated on the recipe's data);
@@ -55,7 +56,7 @@ def qad_recipe(
     path: Path,
     seed: int,
     runs_dir: Path,
-    steps: int,
+    steps: int | None,
     overrides: dict[str, Any],
     control: bool = False,
 ) -> tuple[dict[str, Any], str]:
@@ -69,27 +70,40 @@ def qad_recipe(
         for part in parts[:-1]:
             cur = cur[int(part)] if isinstance(cur, list) else cur[part]
         cur[parts[-1]] = value
-    deploy = data.get("deploy_model") or [s for s in data["stages"] if s.get("role") == "student"][-1]["name"]
-    student = next(s for s in data["stages"] if s["name"] == deploy)
-    stage = copy.deepcopy(student)
-    stage.pop("epochs", None)
-    stage.update(
-        name="student_qad",
-        init=deploy,
-        quantization_aware="int8",
-        steps=steps,
-        keep="last",
-        eval_every_steps=max(1, steps // 4),
-    )
-    opt = dict(stage.get("optimizer") or {})
-    opt["lr"] = float(opt.get("lr", 1e-3)) / 10
-    opt["weight_decay"] = 0.0
-    stage["optimizer"] = opt
-    stage["schedule"] = {"name": "cosine"}
+    own = [s for s in data["stages"] if s.get("quantization_aware")]
+    if own:  # the recipe's own QAD stage, as written (its init is the FP32 student)
+        stage = copy.deepcopy(own[-1])
+        deploy = stage["init"]
+        stage["name"] = "student_qad"
+        if steps is not None:
+            stage["steps"] = steps
+    else:
+        deploy = (
+            data.get("deploy_model") or [s for s in data["stages"] if s.get("role") == "student"][-1]["name"]
+        )
+        student = next(s for s in data["stages"] if s["name"] == deploy)
+        stage = copy.deepcopy(student)
+        stage.pop("epochs", None)
+        steps = 200 if steps is None else steps
+        stage.update(
+            name="student_qad",
+            init=deploy,
+            quantization_aware="int8",
+            steps=steps,
+            keep="last",
+            eval_every_steps=max(1, steps // 4),
+        )
+        opt = dict(stage.get("optimizer") or {})
+        opt["lr"] = float(opt.get("lr", 1e-3)) / 10
+        opt["weight_decay"] = 0.0
+        stage["optimizer"] = opt
+        stage["schedule"] = {"name": "cosine"}
     data["stages"] = [
         s
         for s in data["stages"]
-        if s.get("role") != "baseline" and s["name"] not in ("student_qad", "student_fp32ft")
+        if s.get("role") != "baseline"
+        and not s.get("quantization_aware")
+        and s["name"] not in ("student_qad", "student_fp32ft")
     ]
     data["stages"].append(stage)
     if control:
@@ -158,7 +172,12 @@ def main() -> int:
     )
     parser.add_argument("--recipes", nargs="+", default=["image_classification"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--qad-steps", type=int, default=200)
+    parser.add_argument(
+        "--qad-steps",
+        type=int,
+        default=None,
+        help="steps of the QAD stage (default: the recipe's own QAD stage's, else 200)",
+    )
     parser.add_argument(
         "--set", nargs="*", default=[], help="recipe overrides KEY=VALUE (e.g. stages.1.steps=300)"
     )

@@ -527,8 +527,9 @@ def prepare_stage_model(
             hint="use post-training INT8 (kdtool export --target onnx-cpu-int8) for this model",
         )
 
-    def run_all() -> None:
-        for i, x in samples[: max(1, len(graphs))]:
+    def run_all() -> None:  # one forward of each export graph (encoder, decoder, joiner, ...)
+        first = {i: x for i, x in reversed(samples)}
+        for i, x in sorted(first.items()):
             graphs[i].module(*x)
 
     plan = trace_plan(traced, run_all, activations=activations, exclude=[*hints, *exclude])

@@ -124,12 +124,28 @@ class KernelConv(nn.Module):
 # --------------------------------------------------------------------------- sliced helpers
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear, out: int, inp: int) -> torch.Tensor:
-    bias = layer.bias[:out] if layer.bias is not None else None
-    return F.linear(x, layer.weight[:out, :inp], bias)
+# A slice that is the whole layer calls the module itself (same arithmetic): a standalone
+# subnet model, or the supernet's largest subnet, then runs plain modules, which is what
+# quantization (kdtool.quant traces module calls) and ONNX Runtime's quantizer (weights that
+# are not sliced at run time) need.
+
+
+def _whole(module: nn.Module) -> nn.Module:
+    """The layer itself, also inside a quantization-aware wrapper (kdtool.quant.QuantLayer)."""
+    return getattr(module, "layer", module)
+
+
+def _linear(x: torch.Tensor, layer: nn.Module, out: int, inp: int) -> torch.Tensor:
+    if (out, inp) == tuple(_whole(layer).weight.shape):
+        return layer(x)
+    whole = _whole(layer)
+    bias = whole.bias[:out] if whole.bias is not None else None
+    return F.linear(x, whole.weight[:out, :inp], bias)
 
 
 def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, dim: int) -> torch.Tensor:
+    if dim == norm.normalized_shape[0]:
+        return norm(x)
     return F.layer_norm(x, (dim,), norm.weight[:dim], norm.bias[:dim], norm.eps)
 
 
@@ -189,11 +205,14 @@ class S4DBlock(nn.Module):
         full = self.heads * self.head_dim
         h = self.ssm(_layer_norm(x, self.norm1, d), heads, conv)
         h = F.gelu(h)
-        w = self.out.weight
-        b = self.out.bias
-        gate_w = torch.cat([w[:d, :d], w[full : full + d, :d]], 0)
-        gate_b = torch.cat([b[:d], b[full : full + d]], 0)
-        h = F.glu(F.linear(h, gate_w, gate_b), dim=-1)
+        if d == full:
+            h = F.glu(self.out(h), dim=-1)
+        else:
+            w = _whole(self.out).weight
+            b = _whole(self.out).bias
+            gate_w = torch.cat([w[:d, :d], w[full : full + d, :d]], 0)
+            gate_b = torch.cat([b[:d], b[full : full + d]], 0)
+            h = F.glu(F.linear(h, gate_w, gate_b), dim=-1)
         x = x + F.dropout(h, dropout, self.training)
         h = _linear(F.gelu(_linear(_layer_norm(x, self.norm2, d), self.ff1, ffn, d)), self.ff2, d, ffn)
         x = x + F.dropout(h, dropout, self.training)
@@ -409,7 +428,11 @@ class SupernetRNNT(nn.Module):
         x = F.gelu(self.front1(x))
         x = x * mask_for(len1, x.shape[-1])[:, None, :]
         len2 = torch.div(len1 + 1, 2, rounding_mode="floor")
-        x = F.gelu(F.conv1d(x, self.front2.weight[:d], self.front2.bias[:d], stride=2, padding=1))
+        front2 = _whole(self.front2)
+        if d == front2.weight.shape[0]:
+            x = F.gelu(self.front2(x))
+        else:
+            x = F.gelu(F.conv1d(x, front2.weight[:d], front2.bias[:d], stride=2, padding=1))
         mask = mask_for(len2, x.shape[-1])[:, :, None]
         x = x.transpose(1, 2) * mask  # (B, T', d)
         for i in range(sub.layers):

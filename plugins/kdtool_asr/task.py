@@ -76,6 +76,7 @@ come from the engine's shuffling sampler.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -214,7 +215,13 @@ ROLES = {
         deploy_rank=20,
     ),
     "teacher": RoleSpec(_ALONE, StageOptions, loss_slots=("rnnt",)),
-    "student": RoleSpec(_ALONE, StageOptions, loss_slots=("rnnt",), deploy_rank=30),
+    "student": RoleSpec(
+        _ALONE + "; with teachers, RNN-T + KD on the teachers' lattice (term `kd`, e.g. a "
+        "quantization-aware stage distilling from the FP32 model it starts from)",
+        StageOptions,
+        loss_slots=("rnnt", "kd"),
+        deploy_rank=30,
+    ),
     "baseline": RoleSpec(
         _ALONE + "; a control of the supernet stage",
         StageOptions,
@@ -529,8 +536,32 @@ class AsrSupernetTask(Task[AsrOptions, AsrData]):
             raise RecipeError(f"{where}: subnet {value}: {exc}") from None
 
     def default_distill(self, stage: StageConfig) -> list[LossTerm]:
-        """The sandwich distils with AlphaNet's alpha-divergence when the recipe lists no KD loss."""
-        return [LossTerm(name="kd", loss="alpha_div")] if stage.role == "supernet" else []
+        """The sandwich, and a student with teachers, distil with AlphaNet's alpha-divergence
+        when the recipe lists no KD loss."""
+        if stage.role == "supernet" or (stage.role == "student" and stage.teachers):
+            return [LossTerm(name="kd", loss="alpha_div")]
+        return []
+
+    def teacher_outputs(
+        self, stage: StageConfig, teachers: Mapping[str, nn.Module], batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """``lattice`` (B, T, U+1, K) of the teachers (each at its default subnet; several
+        teachers: log of the mean of their distributions when collapsed, mean logits when full)."""
+        opts = self.stage_options(stage)
+        points = []
+        for teacher in teachers.values():
+            inner = _unwrap(teacher)
+            logits, _ = teacher(batch["features"], batch["feature_lengths"], batch["targets"], subnet=None)
+            points.append(lattice_point(logits, batch["targets"], inner.blank, opts.kd_distribution))
+        if len(points) == 1:
+            return {"lattice": points[0]}
+        stacked = torch.stack(points)
+        if opts.kd_distribution == "collapsed":
+            return {"lattice": torch.logsumexp(stacked, dim=0) - math.log(len(points))}
+        return {"lattice": stacked.mean(0)}
+
+    def teacher_cache_safe(self, stage: StageConfig) -> bool:
+        return False  # the lattice depends on the batch's padding, and SpecAugment changes inputs
 
     def training_step(
         self, stage: StageConfig, models: Mapping[str, nn.Module], batch: dict[str, Any], ctx: Any
@@ -547,7 +578,14 @@ class AsrSupernetTask(Task[AsrOptions, AsrData]):
             else:
                 p = opts.dropout if opts.dropout is not None else opts.dropout_max
             logits, enc_lens = model(feats, lens, targets, subnet=None, dropout=p)
-            return {"rnnt": rnnt_loss(logits, targets, enc_lens, target_lens, blank)}
+            terms = {"rnnt": rnnt_loss(logits, targets, enc_lens, target_lens, blank)}
+            if stage.teachers and stage.role == "student":  # KD on the teachers' lattice
+                teacher = ctx.teacher_outputs(batch)["lattice"]
+                mask = lattice_mask(enc_lens, target_lens, teacher.shape[1], teacher.shape[2])
+                ctx.expose("lattice", teacher, side="teacher", mask=mask)
+                ctx.expose("lattice", lattice_point(logits, targets, blank, opts.kd_distribution), mask=mask)
+                terms.update(ctx.distill())
+            return terms
 
         # The sandwich rule: the largest on the RNN-T loss, then random subnets and the smallest
         # on kd_weight * KD + subnet_rnnt_weight * RNN-T; all backward passes accumulate and DDP
@@ -573,7 +611,10 @@ class AsrSupernetTask(Task[AsrOptions, AsrData]):
             del logits
             mask = lattice_mask(enc_lens, target_lens, teacher.shape[1], teacher.shape[2])
             ctx.expose(
-                "lattice", lattice_point(teacher, targets, blank, opts.kd_distribution), side="teacher", mask=mask
+                "lattice",
+                lattice_point(teacher, targets, blank, opts.kd_distribution),
+                side="teacher",
+                mask=mask,
             )
             subnets = [inner.sample_subnet(gen) for _ in range(opts.num_random)] + [inner.smallest]
             kd_values: dict[str, list[torch.Tensor]] = {}
@@ -583,7 +624,9 @@ class AsrSupernetTask(Task[AsrOptions, AsrData]):
                     feats, lens, targets, subnet=sub.to_dict(), dropout=self.dropout_for(inner, sub, opts)
                 )
                 total = torch.zeros((), device=s_logits.device)
-                ctx.expose("lattice", lattice_point(s_logits, targets, blank, opts.kd_distribution), mask=mask)
+                ctx.expose(
+                    "lattice", lattice_point(s_logits, targets, blank, opts.kd_distribution), mask=mask
+                )
                 for name, kd in ctx.distill().items():  # the recipe's KD terms (default: alpha_div)
                     kd_w = kd_scale * stage.loss_weight(name)
                     if kd_w > 0:

@@ -103,11 +103,14 @@ class OnnxExporter(Exporter):
         graph_files: dict[str, Path] = {}
         details: dict[str, Any] = {"graphs": {}}
         not_verified: list[str] = []
+        # a QAD model's plan (activation type, init stage) rides on its root module; a graph
+        # that wraps a submodule (an RNN-T decoder or joiner) reports the model's plan
+        plan = next((p for p in (find_plan(g.module) for g in spec.graphs) if p is not None), None)
         for graph in spec.graphs:
             name = "model" if len(spec.graphs) == 1 else graph.name
             if is_quantization_aware(graph.module):
                 final = out_dir / f"{name}.onnx"
-                info = export_learned_qdq(graph, final, options, target=ctx.target)
+                info = export_learned_qdq(graph, final, options, target=ctx.target, plan=plan)
                 embed_metadata(final, spec, graph)
                 info["ops"] = op_histogram(final)
                 info["quantization"]["summary"] = quant_summary(final)
@@ -212,16 +215,24 @@ def export_graph(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: 
     )
 
 
-def export_learned_qdq(graph: GraphSpec, path: Path, options: OnnxOptions, *, target: str) -> dict[str, Any]:
+def export_learned_qdq(
+    graph: GraphSpec,
+    path: Path,
+    options: OnnxOptions,
+    *,
+    target: str,
+    plan: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A quantization-aware (QAD) model: its fake quantizers become QuantizeLinear /
-    DequantizeLinear with the learned scales (no calibration); ORT fuses them at load."""
+    DequantizeLinear with the learned scales (no calibration); ORT fuses them at load.
+    ``plan``: the model's quantization plan when the graph's module does not hold it."""
     if options.precision != "int8":
         raise ExportError(
             f"target {target!r}: graph {graph.name!r} was trained quantization-aware (INT8 simulated in "
             f"training); export it with --precision int8",
             hint="for an FP32 artifact export the stage it started from (--model <init stage>)",
         )
-    plan = find_plan(graph.module)
+    plan = find_plan(graph.module) or plan
     with export_qdq(graph.module):
         info = export_graph(graph, path, options, target=target)
     if options.cleanup:
