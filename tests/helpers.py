@@ -68,6 +68,18 @@ def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
     return path
 
 
+def distill(tmp: Path, recipe: dict[str, Any]) -> Path:
+    """Write ``recipe`` to ``tmp/r.yaml`` and run ``kdtool distill`` on it in-process, quietly;
+    returns the run directory."""
+    from kdtool.engine.trainer import DistillOptions, Engine
+    from kdtool.recipe import load_recipe
+
+    path = write_recipe(tmp / "r.yaml", recipe)
+    result = Engine(load_recipe(path), DistillOptions(progress=False, echo=lambda _m: None)).run()
+    assert isinstance(result, Path)
+    return result
+
+
 def make_plugin_distribution(
     root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]
 ) -> Path:

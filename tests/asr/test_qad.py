@@ -12,14 +12,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-import yaml
 
-from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.export.driver import ExportRequest, export_model
 from kdtool.quant import ActQuant, QuantLayer, find_plan
-from kdtool.recipe import load_recipe
 from kdtool.run import Run
 from tests.asr.test_e2e import tiny_asr_recipe
+from tests.helpers import distill
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +45,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         }
     )
     recipe["deploy_model"] = "supernet_qad"
-    path = tmp / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    result = Engine(load_recipe(path), DistillOptions(progress=False, echo=lambda _m: None)).run()
-    assert isinstance(result, Path)
-    return result
+    return distill(tmp, recipe)
 
 
 def test_qad_stage_quantizes_the_largest_subnet_and_distils_from_fp32(run_dir: Path) -> None:

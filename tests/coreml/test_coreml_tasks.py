@@ -52,6 +52,8 @@ def deploy_spec(recipe: str, tmp: Path) -> ExportSpec:
             task = build_task(loaded, regs, tmp / "cache")
             task.prepare(tmp / "run")
             name = loaded.recipe.deploy_model or next(iter(loaded.recipe.models))
+            # deploy_model may name a stage (e.g. a QAD stage): export that stage's model
+            name = next((s.model for s in loaded.recipe.stages if s.name == name), name)
             model = build_model(task, regs, name, loaded.recipe.models[name]).module.eval()
             _SPECS[recipe] = task.export_spec(model, name)
         except (DataError, FileNotFoundError) as exc:

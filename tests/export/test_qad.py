@@ -11,12 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.errors import ExportError, RecipeError
 from kdtool.export.driver import ExportRequest, export_model
 from kdtool.recipe import load_recipe
 from kdtool.run import Run
-from tests.helpers import tiny_recipe, write_recipe
+from tests.helpers import distill, tiny_recipe, write_recipe
 
 QAD_STEPS = 40
 
@@ -49,10 +48,7 @@ def _recipe(tmp: Path, qad_steps: int = QAD_STEPS) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("qad")
-    path = write_recipe(tmp / "r.yaml", _recipe(tmp))
-    result = Engine(load_recipe(path), DistillOptions(progress=False, echo=lambda _m: None)).run()
-    assert isinstance(result, Path)
-    return result
+    return distill(tmp, _recipe(tmp))
 
 
 def _export(run_dir: Path, **kw: Any) -> Any:

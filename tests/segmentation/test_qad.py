@@ -12,12 +12,10 @@ import pytest
 import torch
 import yaml
 
-from kdtool.engine.trainer import DistillOptions, Engine
 from kdtool.export.driver import ExportRequest, export_model
 from kdtool.quant import ActQuant, QuantLayer, find_plan
-from kdtool.recipe import load_recipe
 from kdtool.run import Run
-from tests.helpers import REPO, write_recipe
+from tests.helpers import REPO, distill
 
 pytestmark = pytest.mark.slow
 
@@ -53,10 +51,7 @@ def _recipe(tmp: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("segqad")
-    path = write_recipe(tmp / "r.yaml", _recipe(tmp))
-    result = Engine(load_recipe(path), DistillOptions(progress=False, echo=lambda _m: None)).run()
-    assert isinstance(result, Path)
-    return result
+    return distill(tmp, _recipe(tmp))
 
 
 def test_qad_student_is_traced_on_its_rgb_export_and_exports_learned_qdq(run_dir: Path) -> None:
