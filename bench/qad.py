@@ -76,6 +76,11 @@ def qad_recipe(
     own = [s for s in data["stages"] if s.get("quantization_aware")]
     if own:  # the recipe's own QAD stage, as written (its init is the FP32 student)
         stage = copy.deepcopy(own[-1])
+        if not stage.get("init"):
+            raise SystemExit(
+                f"{path}: stage {stage['name']!r} is quantization_aware but has no `init` "
+                "(the FP32 stage it fine-tunes), so there is no FP32 student to compare with"
+            )
         deploy = stage["init"]
         stage["name"] = "student_qad"
         if steps is not None:

@@ -528,8 +528,10 @@ def prepare_stage_model(
         )
 
     def run_all() -> None:  # one forward of each export graph (encoder, decoder, joiner, ...)
-        first = {i: x for i, x in reversed(samples)}
-        for i, x in sorted(first.items()):
+        first: dict[int, Any] = {}
+        for i, x in samples:
+            first.setdefault(i, x)
+        for i, x in first.items():
             graphs[i].module(*x)
 
     plan = trace_plan(traced, run_all, activations=activations, exclude=[*hints, *exclude])

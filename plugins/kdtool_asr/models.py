@@ -136,9 +136,9 @@ def _whole(module: nn.Module) -> nn.Module:
 
 
 def _linear(x: torch.Tensor, layer: nn.Module, out: int, inp: int) -> torch.Tensor:
-    if (out, inp) == tuple(_whole(layer).weight.shape):
-        return layer(x)
     whole = _whole(layer)
+    if (out, inp) == tuple(whole.weight.shape):
+        return layer(x)
     bias = whole.bias[:out] if whole.bias is not None else None
     return F.linear(x, whole.weight[:out, :inp], bias)
 
@@ -208,8 +208,7 @@ class S4DBlock(nn.Module):
         if d == full:
             h = F.glu(self.out(h), dim=-1)
         else:
-            w = _whole(self.out).weight
-            b = _whole(self.out).bias
+            w, b = _whole(self.out).weight, _whole(self.out).bias
             gate_w = torch.cat([w[:d, :d], w[full : full + d, :d]], 0)
             gate_b = torch.cat([b[:d], b[full : full + d]], 0)
             h = F.glu(F.linear(h, gate_w, gate_b), dim=-1)

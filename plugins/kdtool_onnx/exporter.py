@@ -221,18 +221,18 @@ def export_learned_qdq(
     options: OnnxOptions,
     *,
     target: str,
-    plan: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """A quantization-aware (QAD) model: its fake quantizers become QuantizeLinear /
     DequantizeLinear with the learned scales (no calibration); ORT fuses them at load.
-    ``plan``: the model's quantization plan when the graph's module does not hold it."""
+    ``plan``: the model's quantization plan (:func:`kdtool.quant.find_plan`), reported in the
+    manifest."""
     if options.precision != "int8":
         raise ExportError(
             f"target {target!r}: graph {graph.name!r} was trained quantization-aware (INT8 simulated in "
             f"training); export it with --precision int8",
             hint="for an FP32 artifact export the stage it started from (--model <init stage>)",
         )
-    plan = find_plan(graph.module) or plan
     with export_qdq(graph.module):
         info = export_graph(graph, path, options, target=target)
     if options.cleanup:

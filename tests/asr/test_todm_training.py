@@ -198,3 +198,39 @@ def test_report_gain_compares_each_subnet_with_its_twin(tmp_path: Path) -> None:
     assert rows["supernet-smallest"].gain_baseline == "twin_smallest"
     assert rows["supernet-smallest"].gain == pytest.approx(-0.03)
     assert rows["supernet-middle"].gain is None
+
+
+def test_student_with_teachers_distils_from_their_mean_lattice(tmp_path: Path) -> None:
+    """A ``student`` stage with teachers (e.g. QAD from the FP32 supernet): KD defaults to
+    alpha_div, and several teachers give the log of their mean collapsed distribution."""
+    from kdtool_asr.losses import lattice_point
+
+    task = _task(tmp_path)
+    teachers = [{"name": "a", "stage": "supernet"}, {"name": "b", "stage": "other"}]
+    student = StageConfig(name="qad", model="supernet", role="student", teachers=teachers, **TRAIN)
+    assert [(t.name, t.loss) for t in task.default_distill(student)] == [("kd", "alpha_div")]
+    alone = StageConfig(name="plain", model="supernet", role="student", **TRAIN)
+    assert task.default_distill(alone) == []
+
+    torch.manual_seed(0)
+    a, b = SupernetRNNT(**ARCH).eval(), SupernetRNNT(**ARCH).eval()
+    batch = {
+        "features": torch.randn(2, 24, a.num_mel_bins),
+        "feature_lengths": torch.tensor([24, 17]),
+        "targets": torch.randint(1, a.vocab_size, (2, 3)),
+    }
+    with torch.no_grad():
+        got = task.teacher_outputs(student, {"a": a, "b": b}, batch)["lattice"]
+        points = [
+            lattice_point(
+                m(batch["features"], batch["feature_lengths"], batch["targets"])[0], batch["targets"], a.blank
+            )
+            for m in (a, b)
+        ]
+    want = torch.log((points[0].exp() + points[1].exp()) / 2)
+    assert got.shape == points[0].shape and got.shape[-1] == 3
+    torch.testing.assert_close(got, want)
+    with torch.no_grad():  # one teacher: its own lattice
+        torch.testing.assert_close(task.teacher_outputs(student, {"a": a}, batch)["lattice"], points[0])
+    with pytest.raises(RecipeError, match="asr_supernet_rnnt"):
+        task.teacher_outputs(student, {"a": torch.nn.Linear(2, 2)}, batch)

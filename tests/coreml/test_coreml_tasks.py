@@ -51,9 +51,8 @@ def deploy_spec(recipe: str, tmp: Path) -> ExportSpec:
                 raise DataError(f"task {loaded.recipe.task.name!r} is not installed")
             task = build_task(loaded, regs, tmp / "cache")
             task.prepare(tmp / "run")
-            name = loaded.recipe.deploy_model or next(iter(loaded.recipe.models))
-            # deploy_model may name a stage (e.g. a QAD stage): export that stage's model
-            name = next((s.model for s in loaded.recipe.stages if s.name == name), name)
+            # the deploy stage (e.g. a QAD stage) names the model it trains
+            name = loaded.recipe.stage(loaded.recipe.default_deploy_model(task.roles)).model
             model = build_model(task, regs, name, loaded.recipe.models[name]).module.eval()
             _SPECS[recipe] = task.export_spec(model, name)
         except (DataError, FileNotFoundError) as exc:
